@@ -1,0 +1,84 @@
+"""Masked federated averaging and the global mask policy (pure numpy, no Flower).
+
+Invariants:
+- ``masked_mean``: each coordinate is the example-weighted mean over the updates whose coordinate
+  mask keeps it; a coordinate no update kept keeps its previous value. With every mask full it is
+  exactly FedAvg's weighted mean.
+- ``update_global_mask``: global pruning is monotone (a neuron pruned globally never comes back) and
+  never empties a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+MASK_POLICIES = ("unanimous", "quorum")
+
+
+@dataclass(frozen=True)
+class MaskedUpdate:
+    """One client's dense-shaped tensors, which coordinates it really holds, and its weight."""
+
+    arrays: Mapping[str, np.ndarray]
+    coords: Mapping[str, np.ndarray]  # bool, same shape as arrays[key]; a missing key = all kept
+    weight: float  # number of training examples
+
+
+def masked_mean(previous: Mapping[str, np.ndarray],
+                updates: Sequence[MaskedUpdate]) -> dict[str, np.ndarray]:
+    """Coordinate-wise weighted mean over the updates that keep each coordinate.
+
+    Floating tensors are averaged; integer tensors (e.g. BatchNorm's ``num_batches_tracked``) take
+    the maximum over updates. Keys and shapes are those of ``previous``.
+    """
+    if not updates:
+        return {k: v.copy() for k, v in previous.items()}
+    out: dict[str, np.ndarray] = {}
+    for key, prev in previous.items():
+        if not np.issubdtype(prev.dtype, np.floating):
+            out[key] = np.max(np.stack([np.asarray(u.arrays[key]) for u in updates]), axis=0).astype(prev.dtype)
+            continue
+        num = np.zeros(prev.shape, dtype=np.float64)
+        den = np.zeros(prev.shape, dtype=np.float64)
+        for u in updates:
+            kept = u.coords.get(key)
+            w = float(u.weight) if kept is None else float(u.weight) * kept
+            num += w * np.asarray(u.arrays[key], dtype=np.float64)
+            den += w
+        mean = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        out[key] = np.where(den > 0, mean, prev).astype(prev.dtype)
+    return out
+
+
+def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence[Mapping[str, np.ndarray]],
+                       weights: Sequence[float], policy: str = "unanimous",
+                       quorum: float = 0.5) -> dict[str, np.ndarray]:
+    """The next global neuron mask from the clients' masks.
+
+    ``unanimous``: a neuron is pruned when every client pruned it. ``quorum``: when clients holding at
+    least ``quorum`` of the examples' weight pruned it. The result is a subset of ``current``; if a
+    rule would empty a group, the alive neuron that most weight kept survives.
+    """
+    if policy not in MASK_POLICIES:
+        raise ValueError(f"unknown mask policy {policy!r}; expected one of {', '.join(MASK_POLICIES)}")
+    if not client_masks:
+        return {k: v.copy() for k, v in current.items()}
+    w = np.asarray(weights, dtype=np.float64)
+    total = w.sum() if w.sum() > 0 else 1.0
+    out: dict[str, np.ndarray] = {}
+    for name, cur in current.items():
+        kept_weight = sum(wk * np.asarray(m[name], dtype=np.float64) for wk, m in zip(w, client_masks))
+        if policy == "unanimous":
+            alive = cur & (kept_weight > 0)
+        else:
+            pruned_frac = 1.0 - kept_weight / total
+            alive = cur & (pruned_frac < quorum - 1e-12)
+        if not alive.any():
+            candidates = np.where(cur, kept_weight, -1.0)
+            alive = np.zeros_like(cur)
+            alive[int(np.argmax(candidates))] = True
+        out[name] = alive
+    return out

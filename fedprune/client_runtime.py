@@ -1,0 +1,130 @@
+"""One client's local round, without Flower: data partition, model rebuild, budget, training.
+
+``ClientRuntime`` is built once per (config, partition) in a process and reused across rounds: it
+holds the client's data split, the dense reference graph and the budget schedule. ``train_round``
+takes what the server sent (compact tensors + global mask) and returns what the client sends back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Mapping
+
+import numpy as np
+
+from fedprune.config import ExperimentConfig
+from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
+from fedprune.global_model import numpy_to_state, state_to_numpy
+from fedprune.memory import OptimizerSpec, make_budget_schedule
+from fedprune.models import build_model, example_input
+from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.training import ClientData, TrainConfig, train_local
+
+
+@dataclass
+class ClientReply:
+    """What goes back to the server after a local round."""
+
+    arrays: dict[str, np.ndarray]  # compact tensors of the trained model
+    mask: dict[str, np.ndarray]  # dense-relative neuron mask (subset of the one received)
+    num_examples: int  # 0 when the client could not train (does not fit)
+    metrics: dict[str, Any]
+    method_state: dict[str, Any]
+
+
+@lru_cache(maxsize=8)
+def _partitions(dataset: str, data_dir: str, download: bool, n: int, kind: str, alpha: float,
+                shards: int, seed: int) -> list[np.ndarray]:
+    train, _ = load_dataset(dataset, data_dir or None, download)
+    return partition_indices(train.y.numpy(), n, kind, alpha=alpha, shards_per_client=shards, seed=seed)
+
+
+def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """The client's own train/validation split of its partition (seeded, deterministic)."""
+    d = cfg.data
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} out of range [0, {num_partitions})")
+    parts = _partitions(d.dataset, d.data_dir, d.download, num_partitions, d.partitioner, d.alpha,
+                        d.shards_per_client, cfg.run.seed)
+    idx = parts[partition_id]
+    if d.max_samples_per_client:
+        idx = np.random.default_rng(cfg.run.seed + partition_id).permutation(idx)[: d.max_samples_per_client]
+    tr, va = train_val_split(idx, d.val_fraction, seed=cfg.run.seed * 1000 + partition_id)
+    train, _ = load_dataset(d.dataset, d.data_dir or None, d.download)
+    a, b = train.subset(tr), train.subset(va)
+    return ClientData(a.x, a.y, b.x, b.y)
+
+
+def train_config(cfg: ExperimentConfig) -> TrainConfig:
+    """The trainer's settings from the experiment config."""
+    t = cfg.train
+    return TrainConfig(
+        epochs=t.local_epochs, lr=t.lr,
+        optimizer=OptimizerSpec(name=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay),
+        batch_size=t.batch_size, min_batch=t.min_batch, max_batch=t.max_batch,
+        lr_scaling=t.lr_scaling, seed=cfg.run.seed, device="cpu",
+    )
+
+
+class ClientRuntime:
+    """A client's fixed parts: its data, the reference graph, its methods and its budget schedule."""
+
+    def __init__(self, cfg: ExperimentConfig, partition_id: int, num_partitions: int,
+                 budget_spec: dict[str, Any] | None = None, methods: list[str] | None = None):
+        self.cfg = cfg
+        self.partition_id = partition_id
+        info = dataset_info(cfg.data.dataset)
+        self.input_shape = info.input_shape
+        dense = build_model(cfg.model.name, info.channels, info.num_classes, info.image_size,
+                            seed=cfg.run.seed)
+        self.graph = NeuronGraph.from_model(dense, example_input(info.channels, info.image_size))
+        self.data = client_data(cfg, partition_id, num_partitions)
+        spec = budget_spec if budget_spec is not None else cfg.memory.schedule_spec()
+        self.schedule = (make_budget_schedule(spec, seed=cfg.run.seed, client_id=partition_id)
+                         if spec else None)
+        self.methods = methods if methods is not None else cfg.methods.names
+        self.train_cfg = train_config(cfg)
+
+    def budget_bytes(self, server_round: int) -> int | None:
+        """This client's memory budget for a round (``None``: unbounded)."""
+        return None if self.schedule is None else int(self.schedule.budget_bytes(server_round))
+
+    def train_round(self, arrays: Mapping[str, np.ndarray], mask_arrays: Mapping[str, np.ndarray],
+                    server_round: int, method_state: dict[str, Any] | None) -> ClientReply:
+        """Rebuild the compact model the server sent, train it locally, and package the reply."""
+        t0 = time.perf_counter()
+        mask = NeuronMask.from_arrays(self.graph, dict(mask_arrays))
+        model = self.graph.build_compact(mask)
+        model.load_state_dict(numpy_to_state(arrays))
+        budget = self.budget_bytes(server_round)
+        # a seed per (run, client, round): a resumed run trains exactly like an uninterrupted one
+        seed = (self.cfg.run.seed * 1_000_003 + self.partition_id * 1009 + server_round) % 2**31
+        cfg = dataclasses.replace(self.train_cfg, seed=seed)
+        result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
+                             self.cfg.methods.method_configs(), budget, method_state,
+                             round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
+        metrics = dict(result.metrics)
+        metrics["client_wall_seconds"] = time.perf_counter() - t0
+        metrics["partition_id"] = self.partition_id
+        return ClientReply(state_to_numpy(result.model.state_dict()), result.mask.to_arrays(),
+                           int(result.num_examples), metrics, result.method_state)
+
+
+@lru_cache(maxsize=4)
+def _runtime_cached(cfg_key: str, partition_id: int, num_partitions: int) -> ClientRuntime:
+    from fedprune.config import config_from_dict
+    import json
+
+    return ClientRuntime(config_from_dict(json.loads(cfg_key)), partition_id, num_partitions)
+
+
+def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> ClientRuntime:
+    """A process-wide cached ``ClientRuntime`` (data and graph are built once per client)."""
+    import json
+
+    from fedprune.config import to_dict
+
+    return _runtime_cached(json.dumps(to_dict(cfg), sort_keys=True), partition_id, num_partitions)

@@ -1,0 +1,376 @@
+"""Experiment configuration: one typed schema, loaded from TOML or from Flower's flat run config.
+
+The schema is a tree of dataclasses (``ExperimentConfig``). Every key has a default, so a config file
+only names what it changes. ``load_config(path)`` and ``config_from_flat(run_config)`` give the same
+object for the same settings, and both reject - with one line naming the key, the value and what is
+allowed - unknown keys, wrong types and out-of-range values (``ConfigError``). Validation never imports
+Ray or starts anything.
+
+TOML keys use hyphens (``local-epochs``), dataclass fields underscores (``local_epochs``). Flower's
+run config is the same tree flattened with dots (``train.local-epochs``); every key must exist in
+``[tool.flwr.app.config]`` of ``pyproject.toml``, which ``flat_defaults()`` generates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedprune.data import DATASETS, PARTITIONERS
+from fedprune.methods import (DynHPConfig, LobsterConfig, NEqConfig, SeReNeConfig,
+                              parse_methods)
+from fedprune.models import MODEL_NAMES
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type or out of range; the message is one line."""
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} = {value!r}: {allowed}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "experiment"
+    seed: int = 0
+    num_rounds: int = 3
+    out_dir: str = ""  # empty: results/<name> relative to the working directory
+
+    def validate(self, p: str) -> None:
+        _check(self.num_rounds >= 1, f"{p}num-rounds", self.num_rounds, "must be >= 1")
+        _check(self.seed >= 0, f"{p}seed", self.seed, "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    download: bool = False
+    partitioner: str = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    val_fraction: float = 0.1
+    max_samples_per_client: int = 0  # 0: all of the partition
+
+    def validate(self, p: str) -> None:
+        _check(self.dataset in DATASETS, f"{p}dataset", self.dataset,
+               f"expected one of {', '.join(DATASETS)}")
+        _check(self.partitioner in PARTITIONERS, f"{p}partitioner", self.partitioner,
+               f"expected one of {', '.join(PARTITIONERS)}")
+        _check(self.alpha > 0, f"{p}alpha", self.alpha, "must be > 0")
+        _check(self.shards_per_client >= 1, f"{p}shards-per-client", self.shards_per_client,
+               "must be >= 1")
+        _check(0 < self.val_fraction < 1, f"{p}val-fraction", self.val_fraction,
+               "must be in (0, 1): NEq and SeReNe need a validation split")
+        _check(self.max_samples_per_client >= 0, f"{p}max-samples-per-client",
+               self.max_samples_per_client, "must be >= 0 (0 = all)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet5"
+
+    def validate(self, p: str) -> None:
+        _check(self.name in MODEL_NAMES, f"{p}name", self.name,
+               f"expected one of {', '.join(MODEL_NAMES)}")
+
+
+@dataclass
+class TrainSection:
+    local_epochs: int = 1
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    min_batch: int = 8
+    max_batch: int = 256
+    lr_scaling: str = "none"
+
+    def validate(self, p: str) -> None:
+        _check(self.local_epochs >= 1, f"{p}local-epochs", self.local_epochs, "must be >= 1")
+        _check(self.lr > 0, f"{p}lr", self.lr, "must be > 0")
+        _check(self.optimizer in ("sgd", "adam"), f"{p}optimizer", self.optimizer,
+               "expected 'sgd' or 'adam'")
+        _check(0 <= self.momentum < 1, f"{p}momentum", self.momentum, "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{p}weight-decay", self.weight_decay, "must be >= 0")
+        _check(self.min_batch >= 1, f"{p}min-batch", self.min_batch, "must be >= 1")
+        _check(self.max_batch >= self.min_batch, f"{p}max-batch", self.max_batch,
+               f"must be >= min-batch ({self.min_batch})")
+        _check(self.min_batch <= self.batch_size <= self.max_batch, f"{p}batch-size",
+               self.batch_size, f"must be in [min-batch, max-batch] = [{self.min_batch}, {self.max_batch}]")
+        _check(self.lr_scaling in ("none", "linear", "sqrt"), f"{p}lr-scaling", self.lr_scaling,
+               "expected 'none', 'linear' or 'sqrt'")
+
+
+@dataclass
+class MethodsSection:
+    enabled: str = "none"  # "+"-joined: none | dynhp | serene | neq | lobster
+    dynhp: DynHPConfig = field(default_factory=DynHPConfig)
+    serene: SeReNeConfig = field(default_factory=SeReNeConfig)
+    neq: NEqConfig = field(default_factory=NEqConfig)
+    lobster: LobsterConfig = field(default_factory=LobsterConfig)
+
+    def validate(self, p: str) -> None:
+        try:
+            parse_methods(self.enabled)
+        except ValueError as err:
+            raise ConfigError(f"{p}enabled = {self.enabled!r}: {err}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return parse_methods(self.enabled)
+
+    def method_configs(self) -> dict[str, Any]:
+        return {"dynhp": self.dynhp, "serene": self.serene, "neq": self.neq, "lobster": self.lobster}
+
+
+BUDGET_KINDS = ("none", "constant", "schedule", "trace", "auto")
+
+
+@dataclass
+class MemorySection:
+    budget: str = "none"  # none | constant | schedule | trace | auto
+    budget_mb: float = 0.0  # constant budget, or the trace's reference level
+    schedule_mb: str = ""  # per-round budgets, comma separated; the last one repeats
+    trace_low: float = 0.5  # trace: budget varies in [low, high] x budget-mb
+    trace_high: float = 1.0
+    reserve_mb: float = 256.0  # auto: psutil available memory minus this reserve
+    margin: float = 0.05  # safety margin of the batch sizer
+
+    def validate(self, p: str) -> None:
+        _check(self.budget in BUDGET_KINDS, f"{p}budget", self.budget,
+               f"expected one of {', '.join(BUDGET_KINDS)}")
+        if self.budget in ("constant", "trace"):
+            _check(self.budget_mb > 0, f"{p}budget-mb", self.budget_mb,
+                   f"must be > 0 with budget = {self.budget!r}")
+        _check(self.budget_mb >= 0, f"{p}budget-mb", self.budget_mb, "must be >= 0")
+        if self.budget == "schedule":
+            values = parse_float_list(self.schedule_mb, f"{p}schedule-mb")
+            _check(bool(values) and min(values) > 0, f"{p}schedule-mb", self.schedule_mb,
+                   "must list one or more budgets > 0 in MB, e.g. '64,32,48'")
+        _check(0 < self.trace_low <= self.trace_high, f"{p}trace-low", self.trace_low,
+               f"must be in (0, trace-high={self.trace_high}]")
+        _check(self.reserve_mb >= 0, f"{p}reserve-mb", self.reserve_mb, "must be >= 0")
+        _check(0 <= self.margin < 1, f"{p}margin", self.margin, "must be in [0, 1)")
+
+    def schedule_spec(self) -> dict[str, Any] | None:
+        """The budget spec for ``fedprune.memory.make_budget_schedule`` (``None``: no budget)."""
+        if self.budget == "none":
+            return None
+        if self.budget == "constant":
+            return {"kind": "constant", "mb": self.budget_mb}
+        if self.budget == "schedule":
+            return {"kind": "schedule", "mb": parse_float_list(self.schedule_mb, "schedule-mb")}
+        if self.budget == "trace":
+            return {"kind": "trace", "mb": self.budget_mb, "low": self.trace_low,
+                    "high": self.trace_high}
+        return {"kind": "auto", "reserve_mb": self.reserve_mb}
+
+
+@dataclass
+class FleetSection:
+    num_clients: int = 8
+    clients_per_round: int = 0  # 0: all clients train every round
+    min_clients: int = 2  # a round aggregates when at least this many replied
+
+    def validate(self, p: str) -> None:
+        _check(self.num_clients >= 1, f"{p}num-clients", self.num_clients, "must be >= 1")
+        _check(0 <= self.clients_per_round <= self.num_clients, f"{p}clients-per-round",
+               self.clients_per_round, f"must be in [0, num-clients={self.num_clients}] (0 = all)")
+        sampled = self.clients_per_round or self.num_clients
+        _check(1 <= self.min_clients <= sampled, f"{p}min-clients", self.min_clients,
+               f"must be in [1, clients sampled per round = {sampled}]")
+
+
+@dataclass
+class StrategySection:
+    mask_policy: str = "unanimous"  # unanimous: pruned when every client pruned it; quorum: by weight
+    quorum: float = 0.5
+
+    def validate(self, p: str) -> None:
+        _check(self.mask_policy in ("unanimous", "quorum"), f"{p}mask-policy", self.mask_policy,
+               "expected 'unanimous' or 'quorum'")
+        _check(0 < self.quorum <= 1, f"{p}quorum", self.quorum, "must be in (0, 1]")
+
+
+@dataclass
+class SimulationSection:
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    ray_address: str = ""  # empty: start a local Ray (or use RAY_ADDRESS when set)
+    round_timeout: float = 600.0
+
+    def validate(self, p: str) -> None:
+        _check(self.client_cpus > 0, f"{p}client-cpus", self.client_cpus, "must be > 0")
+        _check(self.client_gpus >= 0, f"{p}client-gpus", self.client_gpus, "must be >= 0")
+        _check(self.round_timeout > 0, f"{p}round-timeout", self.round_timeout, "must be > 0")
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    methods: MethodsSection = field(default_factory=MethodsSection)
+    memory: MemorySection = field(default_factory=MemorySection)
+    fleet: FleetSection = field(default_factory=FleetSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+
+    def validate(self) -> "ExperimentConfig":
+        """Check every section's ranges; returns ``self`` so calls chain."""
+        _validate_tree(self, "")
+        return self
+
+
+def parse_float_list(text: str, key: str) -> list[float]:
+    """Parse '64, 32,48' into floats; ``ConfigError`` naming ``key`` on a bad item."""
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ConfigError(f"{key} = {text!r}: {item!r} is not a number") from None
+    return out
+
+
+# ---------------------------------------------------------------- generic dict <-> dataclass
+
+
+def _toml_key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (bool, int, float, str):
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # Optional-like: accept any member type
+        for member in typing.get_args(tp):
+            try:
+                return _coerce(value, member, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r}: expected one of {typing.get_args(tp)}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} = {data!r}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(_toml_key(f) for f in fields)
+            raise ConfigError(f"{prefix}{key}: unknown key; expected one of {known}")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _validate_tree(obj: Any, prefix: str) -> None:
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate(prefix)
+        except TypeError:  # a section whose validate() takes no prefix (method configs)
+            try:
+                obj.validate()
+            except ValueError as err:
+                msg = str(err)
+                raise ConfigError(msg if msg.startswith(prefix.rstrip(".")) else f"{prefix}{msg}") from None
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            _validate_tree(child, f"{prefix}{_toml_key(f.name)}.")
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from a nested dict (TOML layout); ``ConfigError`` if bad."""
+    return _from_dict(ExperimentConfig, data, "").validate()
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a TOML experiment file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    return config_from_dict(data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The nested TOML-layout dict of a config (hyphenated keys), every key present."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[_toml_key(f.name)] = to_dict(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> Flower's flat run config (``{"train.lr": 0.05, ...}``)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flower's flat run config -> nested dict (inverse of ``flatten``)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def config_from_flat(run_config: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from Flower's flat ``context.run_config``."""
+    return config_from_dict(unflatten(dict(run_config)))
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Every key with its default, flat: the body of ``[tool.flwr.app.config]``."""
+    return flatten(to_dict(ExperimentConfig()))
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Serialise a nested config dict as TOML (tables for sections)."""
+    import tomli_w
+
+    return tomli_w.dumps(data)

@@ -1,0 +1,135 @@
+"""Start a federated simulation with Flower's own tooling, in an isolated local SuperLink.
+
+``run_flower_simulation`` writes nothing but ``<out_dir>/flwr.log`` and ``<out_dir>/.flwr`` (the
+private Flower home). It starts ``flower-superlink --simulation`` on free loopback ports, submits the
+app with ``flwr run APP --run-config CONFIG --federation-config ... --stream`` (the supported path in
+flwr 1.41), waits for the run to end, and always stops the SuperLink it started. The simulation's
+clients run on Ray: a local Ray, or an existing cluster when ``ray_address`` (or ``RAY_ADDRESS``) is
+set. This module never imports Flower: it drives Flower's command-line tools.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LaunchError(RuntimeError):
+    """The Flower tooling could not start or finished without results."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(f"flower-superlink exited with code {proc.returncode} before it was ready")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise LaunchError(f"flower-superlink did not open port {port} within {timeout:.0f} s")
+
+
+def _tool(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise LaunchError(f"{name!r} not found: install the project (pip install -e .) first")
+    return found
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@dataclass
+class SimulationSpec:
+    """What one simulated federation needs: app, run config file, results folder, resources."""
+
+    config_file: Path  # resolved experiment config (TOML), passed as --run-config
+    out_dir: Path
+    num_supernodes: int
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    ray_address: str = ""
+    app_dir: Path = PROJECT_ROOT
+    timeout: float | None = None
+
+
+def run_flower_simulation(spec: SimulationSpec,
+                          on_poll: Callable[[], None] | None = None) -> int:
+    """Run the app to completion; returns ``flwr run``'s exit code. Always stops the SuperLink."""
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    home = out / ".flwr"
+    home.mkdir(exist_ok=True)
+    http_port, fleet_port, control_port = free_port(), free_port(), free_port()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "fedprune"\n\n[superlink.fedprune]\n'
+        f'address = "127.0.0.1:{http_port}"\ninsecure = true\n')
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1",
+               PYTHONUNBUFFERED="1")
+    if spec.ray_address:
+        env["RAY_ADDRESS"] = spec.ray_address
+    log_path = out / "flwr.log"
+    with open(log_path, "ab") as log:
+        link = subprocess.Popen(
+            [_tool("flower-superlink"), "--insecure", "--simulation",
+             "--disable-runtime-dependency-installation", "--database", ":flwr-in-memory:",
+             "--host", "127.0.0.1", "--port", str(http_port),
+             "--fleet-api-address", f"127.0.0.1:{fleet_port}",
+             "--control-api-address", f"127.0.0.1:{control_port}"],
+            cwd=spec.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_port(http_port, 60, link)
+            fed = [f"num-supernodes={spec.num_supernodes}",
+                   f"client-resources-num-cpus={spec.client_cpus}",
+                   f"client-resources-num-gpus={spec.client_gpus}"]
+            cmd = [_tool("flwr"), "run", str(spec.app_dir), "--run-config", str(spec.config_file),
+                   "--federation-config", " ".join(fed), "--stream"]
+            runner = subprocess.Popen(cmd, cwd=spec.app_dir, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+            stop = threading.Event()
+            deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+            try:
+                while runner.poll() is None:
+                    if on_poll is not None:
+                        on_poll()
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise LaunchError(f"simulation exceeded its {spec.timeout:.0f} s limit")
+                    stop.wait(0.5)
+                if on_poll is not None:
+                    on_poll()
+                return int(runner.returncode)
+            finally:
+                _stop(runner)
+        finally:
+            _stop(link)

@@ -1,0 +1,289 @@
+"""NEq (Neurons at Equilibrium): stop updating neurons whose function stopped changing.
+
+Per neuron ``i`` and evaluation ``t`` (the start of every local epoch):
+
+* ``phi_i^t`` = cosine similarity between the neuron's outputs on a fixed validation subset at ``t``
+  and at the previous evaluation (outputs flattened over samples and spatial positions);
+* velocity ``v_i^t = (phi_i^t - phi_i^{t-1}) - mu_eq * v_i^{t-1}`` with ``phi^{-1} = v^{-1} = 0``,
+  which unrolls exactly to eq. 3 of the paper (``v^t = phi^t + sum_a (-1)^a (mu^{a-1} + mu^a)
+  phi^{t-a}``; for ``mu_eq = 0`` it is ``phi^t - phi^{t-1}``);
+* the neuron is frozen for the coming epoch iff ``|v_i^t| < eps``.
+
+A frozen neuron gets no update at all: its parameter slices get a zero gradient, are restored after
+the optimizer step (so weight decay, momentum and other methods cannot move them) and their momentum
+rows (``momentum_buffer``, Adam's ``exp_avg``) are zeroed, so nothing carries over when it thaws. A
+parameter whose slices are all frozen gets ``requires_grad=False`` (``skip_layer_grad``): autograd
+then skips its weight gradient, a real wall-clock saving.
+
+State (dense-relative, so it survives rounds and structural changes) is plain numpy: previous outputs
+(float16), previous ``phi``, velocity and frozen flags per group, and the evaluation count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedprune.methods.base import Method
+from fedprune.methods.config import NEqConfig
+
+MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+
+
+def velocity_step(phi: np.ndarray, phi_prev: np.ndarray, v_prev: np.ndarray, mu_eq: float) -> np.ndarray:
+    """One velocity update ``v = (phi - phi_prev) - mu_eq * v_prev`` (elementwise)."""
+    return (np.asarray(phi, np.float64) - phi_prev) - mu_eq * np.asarray(v_prev, np.float64)
+
+
+def velocity_eq3(phis: list[float], mu_eq: float) -> float:
+    """Eq. 3 of NEq evaluated literally on the history ``phis = [phi^0, ..., phi^t]`` (for tests).
+
+    ``mu_eq != 0``: ``phi^t + sum_{a=1..t} (-1)^a (mu^{a-1} + mu^a) phi^{t-a}``;
+    ``mu_eq == 0``: ``phi^t - phi^{t-1}`` (``phi^{-1} = 0``).
+    """
+    t = len(phis) - 1
+    if mu_eq == 0:
+        return float(phis[t] - (phis[t - 1] if t >= 1 else 0.0))
+    v = phis[t]
+    for a in range(1, t + 1):
+        v += (-1) ** a * (mu_eq ** (a - 1) + mu_eq ** a) * phis[t - a]
+    return float(v)
+
+
+def neuron_outputs(out: torch.Tensor, max_spatial: int) -> torch.Tensor:
+    """Per-neuron outputs ``(C, B * positions)`` of a ``(B, C, ...)`` tensor, spatially pooled.
+
+    Spatial maps larger than ``max_spatial`` per side are adaptive-average-pooled down to it.
+    """
+    if out.dim() == 4 and max(out.shape[2], out.shape[3]) > max_spatial:
+        out = F.adaptive_avg_pool2d(out, (min(out.shape[2], max_spatial), min(out.shape[3], max_spatial)))
+    c = out.shape[1]
+    return out.transpose(0, 1).reshape(c, -1)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity; 1 when both rows are zero, 0 when exactly one is."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    dot = (a * b).sum(axis=1)
+    out = np.where((na > 0) & (nb > 0), dot / np.maximum(na * nb, 1e-300), 0.0)
+    out = np.where((na == 0) & (nb == 0), 1.0, out)
+    return np.clip(out, -1.0, 1.0)
+
+
+class NEq(Method):
+    """Freeze neurons at equilibrium (see module docstring); never changes the structure."""
+
+    name = "neq"
+
+    def __init__(self, cfg: NEqConfig):
+        super().__init__(cfg)
+        self.evals = 0
+        self.prev: dict[str, np.ndarray] = {}   # group -> (dense_size, D) float16
+        self.phi: dict[str, np.ndarray] = {}    # group -> (dense_size,) float64
+        self.vel: dict[str, np.ndarray] = {}
+        self.frozen: dict[str, np.ndarray] = {}  # group -> (dense_size,) bool
+        self._slices: list[tuple[torch.nn.Parameter, int, torch.Tensor]] = []
+        self._saved: list[tuple[torch.nn.Parameter, int, torch.Tensor, torch.Tensor, dict]] = []
+        self._nograd: list[torch.nn.Parameter] = []
+        self._frozen_hist: list[float] = []
+        self._eval_seconds = 0.0
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Flat dict: ``evals`` and per group ``prev/<g>``, ``phi/<g>``, ``vel/<g>``, ``frozen/<g>``."""
+        out: dict[str, Any] = {"evals": int(self.evals)}
+        for g in self.prev:
+            out[f"prev/{g}"] = self.prev[g]
+        for g in self.phi:
+            out[f"phi/{g}"] = self.phi[g].astype(np.float64)
+            out[f"vel/{g}"] = self.vel[g].astype(np.float64)
+            out[f"frozen/{g}"] = self.frozen[g].astype(bool)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; unknown keys are ignored."""
+        self.evals = int(state.get("evals", 0))
+        for key, val in state.items():
+            kind, _, g = key.partition("/")
+            if not g:
+                continue
+            arr = np.asarray(val)
+            if kind == "prev":
+                self.prev[g] = arr.astype(np.float16)
+            elif kind == "phi":
+                self.phi[g] = arr.astype(np.float64)
+            elif kind == "vel":
+                self.vel[g] = arr.astype(np.float64)
+            elif kind == "frozen":
+                self.frozen[g] = arr.astype(bool)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _collect_outputs(self, ctx) -> dict[str, np.ndarray]:
+        """Outputs ``(alive, D)`` of every site's neurons on the fixed validation subset."""
+        x = ctx.val_x[: self.cfg.val_samples]
+        by_module: dict[str, list[str]] = {}
+        for g, site in ctx.sites.items():
+            if site.output is not None:
+                by_module.setdefault(site.output, []).append(g)
+        chunks: dict[str, list[torch.Tensor]] = {g: [] for gs in by_module.values() for g in gs}
+        modules = dict(ctx.model.named_modules())
+        handles = []
+
+        def hook(names):
+            def fn(mod, inp, out):
+                o = neuron_outputs(out.detach().float(), self.cfg.max_spatial)
+                for g in names:
+                    chunks[g].append(o)
+            return fn
+
+        for mname, gs in by_module.items():
+            handles.append(modules[mname].register_forward_hook(hook(gs)))
+        was_training = ctx.model.training
+        ctx.model.eval()
+        try:
+            bs = max(1, int(ctx.eval_batch))
+            for i in range(0, len(x), bs):
+                ctx.model(x[i: i + bs])
+        finally:
+            for h in handles:
+                h.remove()
+            ctx.model.train(was_training)
+        return {g: torch.cat(c, dim=1).numpy() for g, c in chunks.items() if c}
+
+    def _evaluate(self, ctx) -> None:
+        outs = self._collect_outputs(ctx)
+        self.evals += 1
+        for g, cur in outs.items():
+            site = ctx.sites[g]
+            n = site.dense_size
+            alive = site.alive
+            if g not in self.phi or self.phi[g].shape != (n,):
+                self.phi[g] = np.zeros(n)
+                self.vel[g] = np.zeros(n)
+                self.frozen[g] = np.zeros(n, dtype=bool)
+            prev = self.prev.get(g)
+            if prev is not None and prev.shape == (n, cur.shape[1]):
+                phi = cosine_rows(cur, prev[alive].astype(np.float32))
+                v = velocity_step(phi, self.phi[g][alive], self.vel[g][alive], self.cfg.mu_eq)
+                self.phi[g][alive] = phi
+                self.vel[g][alive] = v
+                self.frozen[g][alive] = np.abs(v) < self.cfg.eps
+            else:  # first look at this group (or the validation subset changed): record only
+                prev = np.zeros((n, cur.shape[1]), dtype=np.float16)
+                self.frozen[g][:] = False
+            prev[alive] = cur.astype(np.float16)
+            self.prev[g] = prev
+            dead = np.ones(n, dtype=bool)
+            dead[alive] = False
+            self.frozen[g][dead] = False
+
+    # ------------------------------------------------------------------ freezing
+    def _apply_freeze(self, ctx, record: bool = True) -> None:
+        self._release(ctx)
+        frozen_layers: dict[str, float] = {}
+        for g, site in ctx.sites.items():
+            fr = self.frozen.get(g)
+            if fr is None or len(fr) != site.dense_size:
+                continue
+            local = fr[site.alive]
+            if not local.any():
+                continue
+            idx = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
+            all_frozen = bool(local.all())
+            for ps in site.params:
+                if all_frozen and self.cfg.skip_layer_grad:
+                    ps.param.requires_grad_(False)
+                    self._nograd.append(ps.param)
+                self._slices.append((ps.param, ps.dim, idx))
+                self._zero_momentum(ctx, ps.param, ps.dim, idx)
+            for layer in site.layers:
+                frozen_layers[layer] = float(local.mean())
+        ctx.frozen_fraction = frozen_layers
+        alive_total = sum(len(s.alive) for s in ctx.sites.values())
+        frozen_total = sum(int(self.frozen[g][s.alive].sum()) for g, s in ctx.sites.items() if g in self.frozen
+                           and len(self.frozen[g]) == s.dense_size)
+        if record:
+            self._frozen_hist.append(frozen_total / max(1, alive_total))
+        ctx.costs_changed()
+
+    @staticmethod
+    def _zero_momentum(ctx, param, dim, idx) -> None:
+        st = ctx.optimizer.state.get(param, {})
+        for k in MOMENTUM_KEYS:
+            buf = st.get(k)
+            if isinstance(buf, torch.Tensor) and buf.shape == param.shape:
+                buf.index_fill_(dim, idx, 0.0)
+
+    def _release(self, ctx) -> None:
+        for p in self._nograd:
+            p.requires_grad_(True)
+        self._nograd = []
+        self._slices = []
+        self._saved = []
+        ctx.frozen_fraction = {}
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self, ctx) -> None:
+        """Re-apply the current frozen set to the (possibly rebuilt) model."""
+        if self.frozen:
+            self._apply_freeze(ctx, record=False)
+
+    def detach(self, ctx) -> None:
+        """Give every parameter its gradient back and forget the slices of the old model."""
+        self._release(ctx)
+
+    def epoch_start(self, ctx):
+        """Evaluate equilibrium on the validation subset and freeze for the coming epoch."""
+        import time
+
+        t0 = time.perf_counter()
+        self._release(ctx)
+        self._evaluate(ctx)
+        self._apply_freeze(ctx)
+        self._eval_seconds += time.perf_counter() - t0
+        return None
+
+    def after_backward(self, ctx) -> None:
+        """Zero frozen gradients and snapshot frozen rows (weights + optimizer state)."""
+        self._saved = []
+        for param, dim, idx in self._slices:
+            if not param.requires_grad:
+                continue
+            if param.grad is not None:
+                param.grad.index_fill_(dim, idx, 0.0)
+            st = ctx.optimizer.state.get(param, {})
+            keep = {k: v.index_select(dim, idx).clone() for k, v in st.items()
+                    if isinstance(v, torch.Tensor) and v.shape == param.shape and k not in MOMENTUM_KEYS}
+            self._saved.append((param, dim, idx, param.detach().index_select(dim, idx).clone(), keep))
+
+    def after_step(self, ctx) -> None:
+        """Restore frozen rows exactly; zero their momentum rows (no carry-over)."""
+        with torch.no_grad():
+            for param, dim, idx, rows, keep in self._saved:
+                param.index_copy_(dim, idx, rows)
+                st = ctx.optimizer.state.get(param, {})
+                for k, v in st.items():
+                    if not isinstance(v, torch.Tensor) or v.shape != param.shape:
+                        continue
+                    if k in MOMENTUM_KEYS:
+                        v.index_fill_(dim, idx, 0.0)
+                    elif k in keep:
+                        v.index_copy_(dim, idx, keep[k])
+        self._saved = []
+
+    def metrics(self, ctx) -> dict[str, Any]:
+        """Frozen fraction at the last evaluation, its mean over epochs, evaluations and their cost."""
+        return {
+            "neq_evals": int(self.evals),
+            "neq_frozen_frac": float(self._frozen_hist[-1]) if self._frozen_hist else 0.0,
+            "neq_frozen_frac_mean": float(np.mean(self._frozen_hist)) if self._frozen_hist else 0.0,
+            "neq_layers_skipped": int(len(self._nograd)),
+            "neq_eval_seconds": float(self._eval_seconds),
+        }
