@@ -142,6 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.sync_pyproject:
+        from fedprune.config import sync_pyproject
+        changed = sync_pyproject(args.sync_pyproject)
+        print(f"{args.sync_pyproject}: {'updated' if changed else 'already in sync'}")
+        return 0
     if args.check:
         load_config(args.check)
         print(f"{args.check}: ok")
@@ -168,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print every config key with its default, or --check a file")
     c.add_argument("--check", metavar="FILE")
+    c.add_argument("--sync-pyproject", metavar="PYPROJECT", nargs="?", const="pyproject.toml",
+                   help="rewrite [tool.flwr.app.config] of PYPROJECT from the schema's defaults")
     c.set_defaults(func=cmd_config)
 
     _add_optional_commands(sub)

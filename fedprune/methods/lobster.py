@@ -1,0 +1,81 @@
+"""LOBSTER (LOss-Based SensiTivity rEgularization): unstructured pruning, for comparison.
+
+Per step, after the optimizer update, every conv/linear weight ``w`` is shrunk by
+``lmbda * w * max(0, 1 - |dL/dw|)`` (parameter sensitivity ``S = |dL/dw|`` of the current batch,
+eq. 1 of the paper). At the end of each epoch the PWE/TWT scheduler may zero every weight below a
+global magnitude threshold (:class:`~fedprune.methods.thresholding.MagnitudePruner`).
+
+Memory: LOBSTER's zeros are *unstructured*: every tensor keeps its dense shape, its gradient and its
+optimizer state, so it frees **no training memory** and the batch size is never recomputed for it.
+The metrics say so explicitly (``lobster_frees_memory = 0``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedprune.methods.base import Method
+from fedprune.methods.config import LobsterConfig
+from fedprune.methods.thresholding import MagnitudePruner
+
+MEMORY_NOTE = ("LOBSTER zeros are unstructured: tensors keep their dense shapes, gradients and "
+               "optimizer state, so no training memory is freed")
+
+
+class Lobster(Method):
+    """Unstructured sensitivity regularization + magnitude thresholding (never changes structure)."""
+
+    name = "lobster"
+
+    def __init__(self, cfg: LobsterConfig):
+        super().__init__(cfg)
+        self.pruner = MagnitudePruner(cfg.pwe, cfg.twt, cfg.threshold_samples)
+
+    def attach(self, ctx) -> None:
+        """Derive weight masks (``w != 0``) from the current model."""
+        self.pruner.attach(ctx.model)
+
+    def after_backward(self, ctx) -> None:
+        """Pruned weights get no gradient."""
+        self.pruner.mask_grads()
+
+    @torch.no_grad()
+    def after_step(self, ctx) -> None:
+        """``w <- w - lmbda * w * max(0, 1 - |dL/dw|)``, then re-zero pruned weights."""
+        lm = self.cfg.lmbda
+        if lm > 0:
+            for _, p in self.pruner._params:
+                if p.grad is None:
+                    continue
+                ins = torch.clamp(1.0 - p.grad.abs(), min=0.0)
+                p.sub_(lm * p * ins)
+        self.pruner.enforce()
+
+    def epoch_end(self, ctx):
+        """PWE/TWT thresholding; never returns a mask (zeros stay inside dense tensors)."""
+        self.pruner.maybe_prune(ctx)
+        return None
+
+    def metrics(self, ctx) -> dict[str, Any]:
+        """Sparsity of the weights, and an explicit statement that no memory was freed."""
+        nz, total = self.pruner.counts()
+        return {
+            "lobster_nonzero_weights": int(nz),
+            "lobster_zeros": int(total - nz),
+            "lobster_sparsity": float(1.0 - nz / max(1, total)),
+            "lobster_prune_events": int(self.pruner.prune_events),
+            "lobster_threshold": float(self.pruner.last_threshold),
+            "lobster_frees_memory": 0,
+            "lobster_memory_note": MEMORY_NOTE,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plateau trigger's scalars (masks are re-derived from the weights)."""
+        return {f"trigger/{k}": v for k, v in self.pruner.trigger.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the plateau trigger."""
+        self.pruner.trigger.load_state_dict(
+            {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("trigger/")})
