@@ -181,6 +181,11 @@ class FleetSection:
     num_clients: int = 8
     clients_per_round: int = 0  # 0: all clients train every round
     min_clients: int = 2  # a round aggregates when at least this many replied
+    devices: str = ""  # device mix "pi-zero-2w:2, pi4-2gb:6" (profile:count, counts sum to num-clients)
+    profiles_file: str = ""  # device profiles TOML; empty: sim_configs/fleets/devices.toml
+    budgets_mb: str = ""  # per-client budgets "4,8,16,..." (one per client; overrides devices)
+    budget_scale: float = 1.0  # multiplies every device/per-client budget
+    methods: str = ""  # per-profile methods "pi-zero-2w=dynhp+neq; pi4-2gb=none" (default: methods.enabled)
 
     def validate(self, p: str) -> None:
         _check(self.num_clients >= 1, f"{p}num-clients", self.num_clients, "must be >= 1")
@@ -189,6 +194,11 @@ class FleetSection:
         sampled = self.clients_per_round or self.num_clients
         _check(1 <= self.min_clients <= sampled, f"{p}min-clients", self.min_clients,
                f"must be in [1, clients sampled per round = {sampled}]")
+        _check(self.budget_scale > 0, f"{p}budget-scale", self.budget_scale, "must be > 0")
+        if self.budgets_mb:
+            values = parse_float_list(self.budgets_mb, f"{p}budgets-mb")
+            _check(len(values) == self.num_clients and min(values) > 0, f"{p}budgets-mb",
+                   self.budgets_mb, f"must list {self.num_clients} budgets > 0 (one per client)")
 
 
 @dataclass
@@ -215,6 +225,27 @@ class SimulationSection:
         _check(self.round_timeout > 0, f"{p}round-timeout", self.round_timeout, "must be > 0")
 
 
+FAULT_KINDS = ("raise", "oom", "nan", "bad-mask", "mismatch", "timeout")
+
+
+@dataclass
+class FaultsSection:
+    rate: float = 0.0  # probability that a sampled client fails in a round (fault injection)
+    kinds: str = "raise,oom,nan,bad-mask,mismatch,timeout"  # which faults to draw from
+    seed: int = 0
+
+    def validate(self, p: str) -> None:
+        _check(0 <= self.rate <= 1, f"{p}rate", self.rate, "must be in [0, 1]")
+        kinds = [k.strip() for k in self.kinds.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in FAULT_KINDS]
+        _check(not bad and (kinds or self.rate == 0), f"{p}kinds", self.kinds,
+               f"expected a comma-separated subset of {', '.join(FAULT_KINDS)}")
+
+    @property
+    def kind_list(self) -> list[str]:
+        return [k.strip() for k in self.kinds.split(",") if k.strip()]
+
+
 @dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
@@ -226,6 +257,7 @@ class ExperimentConfig:
     fleet: FleetSection = field(default_factory=FleetSection)
     strategy: StrategySection = field(default_factory=StrategySection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
 
     def validate(self) -> "ExperimentConfig":
         """Check every section's ranges; returns ``self`` so calls chain."""

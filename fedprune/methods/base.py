@@ -8,6 +8,7 @@ the hooks of every enabled :class:`Method` in ``HOOK_ORDER`` at fixed points of 
     for each epoch:
         epoch_start(ctx) -> mask?    a returned mask (subset of ctx.mask) removes neurons now
         for each step:
+            before_forward(ctx)
             after_forward(ctx, out, loss)   before loss.backward (SeReNe's extra backward lives here)
             after_backward(ctx)             gradients are in .grad; edit them here
             after_step(ctx)                 after optimizer.step; edit weights here
@@ -52,6 +53,9 @@ class Method:
     def epoch_start(self, ctx):
         """Start of a local epoch; may return a new (smaller) NeuronMask."""
         return None
+
+    def before_forward(self, ctx) -> None:
+        """Before the forward pass of a step."""
 
     def after_forward(self, ctx, outputs, loss) -> None:
         """After the forward pass of a step, before ``loss.backward()``."""

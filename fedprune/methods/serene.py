@@ -1,0 +1,262 @@
+"""SeReNe: Sensitivity-based Regularization of Neurons, with neurons physically removed.
+
+Neuron sensitivity (eq. 2 of the paper) is the mean absolute derivative of the network outputs
+``y_k`` (logits, ``C`` of them) w.r.t. the neuron's activity ``a_n``. It is measured at the output of
+the module that produces the neuron (conv/linear, or the BatchNorm after it), i.e. before a
+functional ReLU, exactly where the reference code hooks; for ReLU this equals the post-activation
+derivative gated by the neuron being on, so a neuron that never fires has zero sensitivity.
+
+* ``lower_bound`` (default; one extra backward of the summed outputs):
+  ``S_n = scale / C * mean_{b, positions} |d(sum_k y_{b,k}) / d a_{n,b,pos}|``
+* ``full`` (``C`` extra backwards): ``S_n = scale / C * sum_k mean_{b, positions} |dy_{b,k} / d a_n|``
+
+The mean runs over the batch and the spatial positions **of each channel separately** (the public
+reference averages channel 0 for every channel, a known bug). After the optimizer step, every
+parameter slice of neuron ``n`` (weight row, bias, BatchNorm affine) is updated as
+``w <- w - lmbda * w * max(0, 1 - S_n)``. At the end of each epoch the PWE/TWT scheduler may zero
+weights under a global magnitude threshold; a neuron whose incoming weights are then all zero is
+removed physically (returned mask -> ``graph.prune``; its constant output is folded by the surgery).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedprune.methods.base import Method
+from fedprune.methods.config import SeReNeConfig
+from fedprune.methods.thresholding import MagnitudePruner
+
+
+class SensitivityProbe:
+    """Per-channel output sensitivity of chosen module outputs, from one extra backward.
+
+    ``outputs`` maps a module name of ``model`` to the group names whose neurons are that module's
+    output channels (dim 1). While armed, the probe keeps the first hooked output of the forward pass
+    (the input of the extra ``autograd.grad``) and reduces every hooked gradient to a per-channel
+    mean of absolute values as it flows by, so no activation-sized gradient is kept.
+    """
+
+    def __init__(self, model: nn.Module, outputs: Mapping[str, list[str]]):
+        self.armed = False
+        self._collect = False
+        self._first: torch.Tensor | None = None
+        self._acc: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        self._handles = [modules[m].register_forward_hook(self._hook(list(gs)))
+                         for m, gs in outputs.items()]
+
+    def _hook(self, groups: list[str]):
+        def fn(mod, inp, out):
+            if not (self.armed and isinstance(out, torch.Tensor) and out.requires_grad):
+                return
+            if self._first is None:
+                self._first = out
+
+            def grad_hook(g: torch.Tensor):
+                if self._collect:
+                    dims = [d for d in range(g.dim()) if d != 1]
+                    red = g.detach().abs().mean(dim=dims)
+                    for name in groups:
+                        self._acc[name] = self._acc[name] + red if name in self._acc else red
+                return None
+
+            out.register_hook(grad_hook)
+        return fn
+
+    def compute(self, outputs: torch.Tensor, mode: str = "lower_bound",
+                scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """Sensitivity per group (1-D tensor over its channels) for the armed forward's ``outputs``.
+
+        Uses ``retain_graph=True``, so the training loss can still be backpropagated afterwards.
+        Disarms the probe. Returns ``{}`` when nothing was hooked.
+        """
+        first, self._first = self._first, None
+        self.armed = False
+        if first is None:
+            return {}
+        c = outputs.shape[1]
+        self._acc = {}
+        self._collect = True
+        try:
+            if mode == "lower_bound":
+                torch.autograd.grad(outputs.sum(), first, retain_graph=True)
+            elif mode == "full":
+                for k in range(c):
+                    torch.autograd.grad(outputs[:, k].sum(), first, retain_graph=True)
+            else:
+                raise ValueError(f"unknown sensitivity mode {mode!r}")
+        finally:
+            self._collect = False
+        acc, self._acc = self._acc, {}
+        return {g: (scale / c) * v for g, v in acc.items()}
+
+    def remove(self) -> None:
+        """Remove the forward hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._first = None
+
+
+def neuron_sensitivity(model: nn.Module, x: torch.Tensor, outputs: Mapping[str, list[str]],
+                       mode: str = "lower_bound", scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """SeReNe sensitivity of the given module outputs' channels on input batch ``x`` (one forward).
+
+    See the module docstring for the formula. Guarantee: entry ``c`` of a group's tensor only
+    depends on channel ``c``'s gradient (per-channel mean over batch and positions).
+    """
+    probe = SensitivityProbe(model, outputs)
+    try:
+        probe.armed = True
+        with torch.enable_grad():
+            y = model(x)
+            return probe.compute(y, mode, scale)
+    finally:
+        probe.remove()
+
+
+class SeReNe(Method):
+    """Sensitivity-driven neuron shrinking + PWE/TWT thresholding + physical neuron removal."""
+
+    name = "serene"
+    structural = True
+
+    def __init__(self, cfg: SeReNeConfig):
+        super().__init__(cfg)
+        self.pruner = MagnitudePruner(cfg.pwe, cfg.twt, cfg.threshold_samples)
+        self.probe: SensitivityProbe | None = None
+        self.sens: dict[str, torch.Tensor] = {}
+        self._sites = {}
+        self._step = 0
+        self._sens_sum = 0.0
+        self._sens_n = 0
+        self.removed = 0
+
+    def attach(self, ctx) -> None:
+        """Hook the sites' output modules; weight masks become ``w != 0``."""
+        self.pruner.attach(ctx.model)
+        self._sites = ctx.sites
+        outputs: dict[str, list[str]] = {}
+        for g, site in ctx.sites.items():
+            if site.output is not None:
+                outputs.setdefault(site.output, []).append(g)
+        self.probe = SensitivityProbe(ctx.model, outputs)
+        self.sens = {}
+
+    def detach(self, ctx) -> None:
+        """Remove the hooks."""
+        if self.probe is not None:
+            self.probe.remove()
+            self.probe = None
+        self.sens = {}
+
+    def before_forward(self, ctx) -> None:
+        """Arm the probe on every ``sensitivity_every``-th step."""
+        if self.probe is not None and self.cfg.lmbda > 0 and self._step % self.cfg.sensitivity_every == 0:
+            self.probe.armed = True
+        self._step += 1
+
+    def after_forward(self, ctx, outputs, loss) -> None:
+        """The extra backward(s) for the sensitivity (only on armed steps)."""
+        if self.probe is None or not self.probe.armed:
+            return
+        self.sens = self.probe.compute(outputs, self.cfg.sensitivity, self.cfg.sensitivity_scale)
+        for v in self.sens.values():
+            self._sens_sum += float(v.sum())
+            self._sens_n += int(v.numel())
+
+    def after_backward(self, ctx) -> None:
+        """Pruned weights get no gradient."""
+        self.pruner.mask_grads()
+
+    @torch.no_grad()
+    def after_step(self, ctx) -> None:
+        """``w <- w - lmbda * w * max(0, 1 - S_n)`` on every slice of neuron ``n``; re-zero pruned."""
+        lm = self.cfg.lmbda
+        if lm > 0 and self.sens:
+            for g, s in self.sens.items():
+                site = self._sites.get(g)
+                if site is None:
+                    continue
+                ins = torch.clamp(1.0 - s, min=0.0)
+                for ps in site.params:
+                    p = ps.param
+                    if ins.numel() != p.shape[ps.dim]:
+                        continue
+                    shape = [1] * p.dim()
+                    shape[ps.dim] = -1
+                    p.sub_(lm * p * ins.view(shape))
+        self.pruner.enforce()
+
+    def epoch_end(self, ctx):
+        """PWE/TWT thresholding, then a mask without the neurons whose weights are all zero."""
+        self.pruner.maybe_prune(ctx)
+        if not self.cfg.remove_neurons:
+            return None
+        arrays = ctx.mask.to_arrays()
+        changed = False
+        for g, site in ctx.sites.items():
+            dead = dead_neurons(site)
+            if dead is None or not dead.any():
+                continue
+            if dead.all():  # a group must keep one neuron: keep the one with the largest norm
+                dead[int(np.argmax(site_norms(site)))] = False
+            arrays[g][site.alive[dead]] = False
+            self.removed += int(dead.sum())
+            changed = True
+        if not changed:
+            return None
+        from fedprune.surgery import NeuronMask
+
+        return NeuronMask.from_arrays(ctx.graph, arrays)
+
+    def metrics(self, ctx) -> dict[str, Any]:
+        """Weight sparsity, thresholding events, removed neurons, mean sensitivity."""
+        nz, total = self.pruner.counts()
+        return {
+            "serene_nonzero_weights": int(nz),
+            "serene_sparsity": float(1.0 - nz / max(1, total)),
+            "serene_prune_events": int(self.pruner.prune_events),
+            "serene_threshold": float(self.pruner.last_threshold),
+            "serene_neurons_removed": int(self.removed),
+            "serene_sensitivity_mean": float(self._sens_sum / self._sens_n) if self._sens_n else 0.0,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plateau trigger's scalars (weight masks are re-derived from the weights)."""
+        return {f"trigger/{k}": v for k, v in self.pruner.trigger.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the plateau trigger."""
+        self.pruner.trigger.load_state_dict(
+            {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("trigger/")})
+
+
+def _slice_rows(ps) -> torch.Tensor:
+    """The slice of ``ps.param`` as ``(neurons, -1)``."""
+    p = ps.param.detach()
+    return p.movedim(ps.dim, 0).reshape(p.shape[ps.dim], -1)
+
+
+def dead_neurons(site) -> np.ndarray | None:
+    """Boolean (alive,) vector: neurons whose incoming weight slices (ndim >= 2) are all zero."""
+    rows = [_slice_rows(ps) for ps in site.params if ps.param.dim() >= 2]
+    if not rows:
+        return None
+    dead = torch.ones(rows[0].shape[0], dtype=torch.bool)
+    for r in rows:
+        dead &= (r == 0).all(dim=1)
+    return dead.numpy()
+
+
+def site_norms(site) -> np.ndarray:
+    """L2 norm of all of each neuron's parameter slices, (alive,)."""
+    tot = None
+    for ps in site.params:
+        sq = _slice_rows(ps).pow(2).sum(dim=1)
+        tot = sq if tot is None else tot + sq
+    return np.sqrt(tot.numpy()) if tot is not None else np.zeros(len(site.alive))
