@@ -82,6 +82,11 @@ class ClientRuntime:
                             seed=cfg.run.seed)
         self.graph = NeuronGraph.from_model(dense, example_input(info.channels, info.image_size))
         self.data = client_data(cfg, partition_id, num_partitions)
+        if budget_spec is None and methods is None:  # the client's device in the fleet decides both
+            from fedprune.fleet import client_profile
+
+            profile = client_profile(cfg, partition_id)
+            budget_spec, methods = profile.budget_spec, profile.methods
         spec = budget_spec if budget_spec is not None else cfg.memory.schedule_spec()
         self.schedule = (make_budget_schedule(spec, seed=cfg.run.seed, client_id=partition_id)
                          if spec else None)

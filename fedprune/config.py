@@ -199,6 +199,9 @@ class FleetSection:
             values = parse_float_list(self.budgets_mb, f"{p}budgets-mb")
             _check(len(values) == self.num_clients and min(values) > 0, f"{p}budgets-mb",
                    self.budgets_mb, f"must list {self.num_clients} budgets > 0 (one per client)")
+        from fedprune.fleet import validate_fleet  # lazy: fedprune.fleet imports this module
+
+        validate_fleet(self, p)
 
 
 @dataclass

@@ -13,3 +13,7 @@ class MaskError(ValueError):
     The message always names the offending group, so a bad mask that arrives in a
     Flower record can be traced back to the layer it belongs to.
     """
+
+
+class FoldWarning(UserWarning):
+    """A removed neuron's output was not constant, so folding it forward is inexact."""

@@ -1,0 +1,392 @@
+"""``NeuronGraph``: the prunable neuron groups of one architecture and all surgery on them.
+
+Built once per architecture from a dense reference model and an example input
+(:meth:`NeuronGraph.from_model`); afterwards it is plain data (no torch-pruning
+objects, no weights: the architecture template lives on the ``meta`` device).
+
+Coordinate systems. Masks and dense state dicts use the *dense reference*
+coordinates. A compact model for mask ``m`` keeps, along every neuron axis, the
+alive positions in increasing dense order; nothing else is reordered.
+
+Invariants (for any valid masks ``m`` and ``n <= m``):
+
+* ``compact(model, m)`` and ``zero_pruned(model, m)`` compute the same function in
+  eval mode (up to float rounding; see :mod:`fedprune.surgery.folding` for the one
+  documented inexact case, which warns);
+* ``prune(compact(model, m), m, n)`` == ``compact(model, n)`` as functions;
+* compact state dicts have exactly the dense keys (plus :attr:`extra_keys`, empty for
+  every conv/linear that has a bias or feeds a BatchNorm), with smaller shapes;
+* ``compact_state_dict(expand(sd, m), m) == sd`` bit for bit, and
+  ``expand(compact_state_dict(d, m), m) == d * coordinate_masks(m)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import MaskError, SurgeryError
+from .folding import fold_into_consumers, warn_inexact
+from .groups import LayerRole, NeuronGroup
+from .mask import NeuronMask
+from .modules import FoldedConv2d, resize_layers
+from .plan import IndexPlan, split_key
+from .trace import TraceResult, trace_groups
+
+VERIFY_RTOL = 1e-4
+
+
+def _axis_lengths(model: nn.Module) -> dict[tuple[str, str], int]:
+    lengths: dict[tuple[str, str], int] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            lengths[(name, "out")], lengths[(name, "inp")] = m.out_channels, m.in_channels
+        elif isinstance(m, nn.Linear):
+            lengths[(name, "out")], lengths[(name, "inp")] = m.out_features, m.in_features
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            lengths[(name, "out")] = m.num_features
+    return lengths
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+class NeuronGraph:
+    """Prunable neuron groups of one architecture, with exact index maps and surgery."""
+
+    def __init__(self, trace: TraceResult, template: nn.Module, example_shape: Sequence[int],
+                 dtype: torch.dtype):
+        """Use :meth:`from_model`; this assembles a graph from an already traced result."""
+        self._trace = trace
+        self._template = template  # dense architecture on the meta device
+        self.example_shape = tuple(int(s) for s in example_shape)
+        self.dtype = dtype
+        self.dense_shapes: dict[str, tuple[int, ...]] = {
+            k: tuple(v.shape) for k, v in template.state_dict().items()}
+        self._plan = IndexPlan(trace.groups, _axis_lengths(template))
+        self._groups = {g.name: g for g in trace.groups}
+        self._sinks, self.extra_keys = self._fold_sinks(template)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: nn.Module, example_input: torch.Tensor, *,
+                   ignored_layers: Sequence[str] = (), verify: bool = True) -> "NeuronGraph":
+        """Trace ``model`` (untouched) and build its graph; deterministic group order.
+
+        ``ignored_layers`` names layers whose output neurons must never be pruned (the
+        network output layer is always excluded). With ``verify`` (default) the graph
+        checks itself on a copy of ``model`` with random biases/BatchNorm statistics:
+        groups whose removed outputs are not constant where they are consumed are
+        moved to :attr:`unsupported`, and any remaining mismatch between the compact
+        and the masked dense model raises :class:`SurgeryError`.
+        """
+        example_input = example_input.detach()
+        trace = trace_groups(model, example_input, tuple(ignored_layers))
+        template = copy.deepcopy(model).to("meta")
+        graph = cls(trace, template, example_input.shape, example_input.dtype)
+        if verify:
+            graph = graph._verified(model)
+        return graph
+
+    def _fold_sinks(self, model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
+        """Where each consumer puts folded constants, and keys of biases compact models add."""
+        sinks, extra = {}, []
+        for name, axes in self._plan.layers.items():
+            if axes.inp is None:
+                continue
+            if model.get_submodule(name).bias is not None:
+                sinks[name] = "bias"
+            elif name in self._trace.next_bn:
+                sinks[name] = "bn:" + self._trace.next_bn[name]
+            else:
+                sinks[name] = "extra"
+                extra.append(f"{name}.bias")
+        return sinks, tuple(extra)
+
+    def _verified(self, model: nn.Module) -> "NeuronGraph":
+        """Self-check on a perturbed copy; drop groups whose constants cannot be folded."""
+        ref = _perturbed(model)
+        check = NeuronMask(self, {g.name: np.arange(g.size) % 2 == 0 for g in self.groups})
+        work = self._prepare(ref, NeuronMask.full(self), check)
+        inexact = fold_into_consumers(work, self._removed_inputs(NeuronMask.full(self), check),
+                                      self._probe(ref), self._sinks)
+        if inexact:
+            bad = set()
+            for layer, pos in inexact.items():
+                for seg in self._plan.layers[layer].inp.segments:
+                    if np.isin(seg.pos, pos).any():
+                        bad.add(self.groups[seg.group].name)
+            trace = copy.copy(self._trace)
+            trace.groups = [g for g in self.groups if g.name not in bad]
+            trace.unsupported = {**trace.unsupported, **{
+                n: "its removed outputs are not constant where consumed" for n in sorted(bad)}}
+            return NeuronGraph(trace, self._template, self.example_shape, self.dtype)._verified(model)
+        x = self._probe(ref)
+        try:
+            with torch.no_grad():
+                want = self.zero_pruned(ref, check).eval()(x)
+                got = self.compact(ref, check).eval()(x)
+        except RuntimeError as exc:
+            raise SurgeryError(f"{type(model).__name__}: compact model does not run ({exc})") from exc
+        err = float((want - got).abs().max())
+        scale = 1.0 + float(want.abs().max())
+        if got.shape != want.shape or err > VERIFY_RTOL * scale:
+            raise SurgeryError(f"{type(model).__name__}: compact and masked dense models differ "
+                               f"(max abs error {err:.3g}); this architecture is not supported")
+        return self
+
+    # -- groups ---------------------------------------------------------------------------
+    @property
+    def groups(self) -> list[NeuronGroup]:
+        """Prunable groups, ordered by their name's position in ``named_modules()``."""
+        return list(self._trace.groups)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self._trace.groups]
+
+    @property
+    def mask_spec(self) -> tuple[tuple[str, int], ...]:
+        return tuple((g.name, g.size) for g in self._trace.groups)
+
+    @property
+    def unsupported(self) -> dict[str, str]:
+        """Groups left dense because an op in them is not known to be channel-wise: name -> reason."""
+        return dict(self._trace.unsupported)
+
+    @property
+    def output_layers(self) -> list[str]:
+        """Layers producing the network output (never pruned)."""
+        return list(self._trace.output_layers)
+
+    @property
+    def layers(self) -> list[tuple[str, int, str | None]]:
+        """Every conv/linear layer in module order: ``(name, dense out size, group or None)``."""
+        return list(self._trace.layers)
+
+    def group(self, name: str) -> NeuronGroup:
+        try:
+            return self._groups[name]
+        except KeyError:
+            raise MaskError(f"unknown neuron group {name!r}") from None
+
+    def group_layers(self, name: str) -> list[LayerRole]:
+        """The layers group ``name`` touches: role, dense positions, neuron of each position.
+
+        ``[r for r in graph.group_layers(n) if r.is_producer]`` are the layers whose
+        incoming weights (``weight`` rows ``r.index``) create the neurons ``r.neuron``.
+        """
+        return list(self.group(name).layers)
+
+    def full_mask(self) -> NeuronMask:
+        return NeuronMask.full(self)
+
+    # -- model surgery --------------------------------------------------------------------
+    def compact(self, model: nn.Module, mask: NeuronMask) -> nn.Module:
+        """A new compact module for ``mask`` from the DENSE ``model`` (which is untouched).
+
+        The result computes the same function as ``zero_pruned(model, mask)`` in eval
+        mode: constant outputs of removed neurons are folded forward.
+        """
+        return self.prune(model, NeuronMask.full(self), mask)
+
+    def prune(self, compact_model: nn.Module, old_mask: NeuronMask,
+              new_mask: NeuronMask) -> nn.Module:
+        """Remove ``old_mask & ~new_mask`` from a model shaped by ``old_mask`` (a new module).
+
+        ``new_mask`` must be a subset of ``old_mask``. The removed neurons' incoming
+        weights are treated as zero and their constant outputs are folded into the
+        consumers. Train/eval mode and ``requires_grad`` are kept; gradients are
+        dropped (rebuild the optimizer afterwards).
+        """
+        self._check_mask(old_mask, "old_mask")
+        self._check_mask(new_mask, "new_mask")
+        if not new_mask.issubset(old_mask):
+            raise MaskError("new_mask revives neurons that old_mask had pruned; "
+                            "it must be a subset of old_mask")
+        self.check_model(compact_model, old_mask)
+        work = self._prepare(compact_model, old_mask, new_mask)
+        inexact = fold_into_consumers(work, self._removed_inputs(old_mask, new_mask),
+                                      self._probe(work), self._sinks)
+        warn_inexact(inexact)
+        positions = self._plan.keep(old_mask, new_mask)
+        resize_layers(work, self._plan, positions)
+        self._add_extra_biases(work)
+        return work
+
+    def zero_pruned(self, model: nn.Module, mask: NeuronMask) -> nn.Module:
+        """A dense copy whose pruned neurons have zero incoming weights (bias/BN kept)."""
+        self._check_mask(mask, "mask")
+        self.check_model(model, NeuronMask.full(self))
+        return self._prepare(model, NeuronMask.full(self), mask)
+
+    def build_compact(self, mask: NeuronMask, device: torch.device | str = "cpu") -> nn.Module:
+        """A freshly initialised module with the compact architecture of ``mask``.
+
+        Its ``state_dict()`` has the keys and shapes of ``compact_state_dict(.., mask)``,
+        so ``build_compact(mask).load_state_dict(tensors)`` rebuilds a received model.
+        Border-fold terms (non-persistent) are not part of it.
+        """
+        self._check_mask(mask, "mask")
+        model = copy.deepcopy(self._template)
+        resize_layers(model, self._plan, self._positions(mask))
+        self._add_extra_biases(model)
+        model = model.to_empty(device=device)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for t in list(model.parameters()) + list(model.buffers()):
+                t.zero_()
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        return model
+
+    # -- state dicts ----------------------------------------------------------------------
+    def compact_state_dict(self, dense_state_dict: Mapping[str, torch.Tensor],
+                           mask: NeuronMask) -> dict[str, torch.Tensor]:
+        """Index a dense state dict down to ``mask`` (no folding): the tensors to upload."""
+        self._check_mask(mask, "mask")
+        positions = self._positions(mask)
+        out = {}
+        for key, shape in self.dense_shapes.items():
+            if key not in dense_state_dict:
+                raise SurgeryError(f"dense state dict is missing {key!r}")
+            t = dense_state_dict[key]
+            if tuple(t.shape) != shape:
+                raise SurgeryError(f"{key!r} has shape {tuple(t.shape)}, dense reference has {shape}")
+            out[key] = self._plan.index_tensor(key, t.detach(), positions).clone()
+        for key in self.extra_keys:
+            module, _ = split_key(key)
+            n = len(positions[(module, "out")]) if (module, "out") in positions else \
+                self.dense_shapes[f"{module}.weight"][0]
+            out[key] = torch.zeros(n, dtype=self.dtype)
+        return out
+
+    def expand(self, compact_state_dict: Mapping[str, torch.Tensor],
+               mask: NeuronMask) -> dict[str, torch.Tensor]:
+        """Scatter compact tensors into dense-shaped ones, zeros at pruned coordinates.
+
+        Keys are the dense reference keys. Raises :class:`MaskError` when a tensor's
+        shape does not match ``mask`` (e.g. client and server disagree on the mask).
+        :attr:`extra_keys` have no dense counterpart and are dropped.
+        """
+        self._check_mask(mask, "mask")
+        alive = self._plan.alive(mask)
+        unknown = set(compact_state_dict) - set(self.dense_shapes) - set(self.extra_keys)
+        if unknown:
+            raise SurgeryError(f"unexpected keys in compact state dict: {sorted(unknown)[:5]}")
+        out = {}
+        for key, shape in self.dense_shapes.items():
+            if key not in compact_state_dict:
+                raise SurgeryError(f"compact state dict is missing {key!r}")
+            t = compact_state_dict[key]
+            want = self._plan.compact_shape(key, shape, alive)
+            if tuple(t.shape) != want:
+                raise MaskError(f"{key!r} has shape {tuple(t.shape)} but the mask implies {want} "
+                                f"(groups {self._groups_of(key)})")
+            out[key] = self._plan.expand_tensor(key, t.detach(), shape, alive)
+        return out
+
+    def coordinate_masks(self, mask: NeuronMask) -> dict[str, np.ndarray]:
+        """Per dense key, a boolean array of the dense shape: ``True`` where alive."""
+        self._check_mask(mask, "mask")
+        alive = self._plan.alive(mask)
+        return {k: self._plan.coordinate_mask(k, s, alive) for k, s in self.dense_shapes.items()}
+
+    # -- checks ---------------------------------------------------------------------------
+    def check_model(self, model: nn.Module, mask: NeuronMask) -> None:
+        """Raise :class:`SurgeryError` unless ``model``'s layer sizes are those of ``mask``."""
+        alive = self._plan.alive(mask)
+        for (layer, attr), vec in alive.items():
+            try:
+                m = model.get_submodule(layer)
+            except AttributeError:
+                raise SurgeryError(f"model has no layer {layer!r}; is it this graph's architecture?") from None
+            ref = m.weight if getattr(m, "weight", None) is not None else getattr(m, "running_mean")
+            size = ref.shape[1 if attr == "inp" else 0]
+            if size != int(vec.sum()):
+                raise SurgeryError(f"layer {layer!r} has {size} {'inputs' if attr == 'inp' else 'outputs'}"
+                                   f" but the mask keeps {int(vec.sum())}; wrong mask for this model?")
+
+    def _check_mask(self, mask: NeuronMask, what: str) -> None:
+        if not isinstance(mask, NeuronMask):
+            raise TypeError(f"{what} must be a NeuronMask, got {type(mask).__name__}")
+        if mask.spec != self.mask_spec:
+            raise MaskError(f"{what} belongs to a different neuron graph (group names or sizes differ)")
+
+    def _groups_of(self, key: str) -> list[str]:
+        module, _ = split_key(key)
+        return sorted({g.name for g in self.groups for r in g.layers if r.module == module})
+
+    # -- internals ------------------------------------------------------------------------
+    def _positions(self, mask: NeuronMask) -> dict[tuple[str, str], np.ndarray]:
+        return {k: np.flatnonzero(v) for k, v in self._plan.alive(mask).items()}
+
+    def _removed(self, current: NeuronMask, target: NeuronMask) -> dict[tuple[str, str], np.ndarray]:
+        cur, tgt = self._plan.alive(current), self._plan.alive(target)
+        return {k: np.flatnonzero(~tgt[k][cur[k]]) for k in cur}
+
+    def _removed_inputs(self, current: NeuronMask, target: NeuronMask) -> dict[str, np.ndarray]:
+        return {layer: pos for (layer, attr), pos in self._removed(current, target).items()
+                if attr == "inp" and len(pos)}
+
+    def _prepare(self, model: nn.Module, current: NeuronMask, target: NeuronMask) -> nn.Module:
+        """Deep copy of ``model`` with the removed neurons' incoming weights set to zero."""
+        work = copy.deepcopy(model)
+        for p in work.parameters():
+            p.grad = None
+        with torch.no_grad():
+            for (layer, attr), pos in self._removed(current, target).items():
+                if attr != "out" or not len(pos) or self._plan.layers[layer].kind == "batchnorm":
+                    continue
+                m = work.get_submodule(layer)
+                idx = torch.as_tensor(pos, device=m.weight.device)
+                m.weight.index_fill_(0, idx, 0.0)
+                if isinstance(m, FoldedConv2d):
+                    m.fold_kernel.index_fill_(0, idx, 0.0)
+        return work
+
+    def _probe(self, model: nn.Module) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((2, *self.example_shape[1:]), generator=gen, dtype=torch.float64)
+        return x.to(device=_device_of(model), dtype=self.dtype)
+
+    def _add_extra_biases(self, model: nn.Module) -> None:
+        for key in self.extra_keys:
+            m = model.get_submodule(split_key(key)[0])
+            if m.bias is None:
+                m.bias = nn.Parameter(m.weight.new_zeros(m.weight.shape[0]),
+                                      requires_grad=m.weight.requires_grad)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{g.name}:{g.size}" for g in self.groups)
+        return f"NeuronGraph({len(self.groups)} groups: {sizes})"
+
+
+def _perturbed(model: nn.Module) -> nn.Module:
+    """A copy with random (seeded) biases and BatchNorm statistics, for self-checks."""
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1234)
+
+    def rnd(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(t.shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo).to(t)
+
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if m.affine:
+                    m.weight.copy_(rnd(m.weight, 0.5, 1.5))
+                    m.bias.copy_(rnd(m.bias, -0.5, 0.5))
+                if m.running_mean is not None:
+                    m.running_mean.copy_(rnd(m.running_mean, -0.5, 0.5))
+                    m.running_var.copy_(rnd(m.running_var, 0.5, 1.5))
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.copy_(rnd(m.bias, -0.2, 0.2))
+    return ref
