@@ -56,6 +56,11 @@ def _tool(name: str) -> str:
     return found
 
 
+def _num(x: float) -> int | float:
+    """Flower's federation config wants integers where the value is whole."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -111,8 +116,8 @@ def run_flower_simulation(spec: SimulationSpec,
         try:
             _wait_port(http_port, 60, link)
             fed = [f"num-supernodes={spec.num_supernodes}",
-                   f"client-resources-num-cpus={spec.client_cpus}",
-                   f"client-resources-num-gpus={spec.client_gpus}"]
+                   f"client-resources-num-cpus={_num(spec.client_cpus)}",
+                   f"client-resources-num-gpus={_num(spec.client_gpus)}"]
             cmd = [_tool("flwr"), "run", str(spec.app_dir), "--run-config", str(spec.config_file),
                    "--federation-config", " ".join(fed), "--stream"]
             runner = subprocess.Popen(cmd, cwd=spec.app_dir, env=env, stdout=log,
@@ -133,3 +138,4 @@ def run_flower_simulation(spec: SimulationSpec,
                 _stop(runner)
         finally:
             _stop(link)
+            shutil.rmtree(home, ignore_errors=True)  # Flower's private state; the run's files stay

@@ -35,6 +35,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from fedprune.memory.fastmeta import fast_meta
+
 #: Breakdown categories, in report order. Their sum is always the total.
 CATEGORIES = ("params", "buffers", "grads", "optimizer_state", "input_batch", "activations", "transient")
 _CAT_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
@@ -74,16 +76,19 @@ def iter_optimizer_tensors(optimizer: torch.optim.Optimizer) -> Iterable[tuple[s
 class StorageTracker(TorchDispatchMode):
     """Dispatch mode counting live untyped-storage bytes on one device type.
 
-    ``device_type`` filters what is counted ("cpu", "meta", ...), so an estimate
-    running on ``meta`` inside a CPU tracker does not pollute it. ``granularity``
+    ``device_type`` (one or a tuple) filters what is counted ("cpu", "meta", ...), so an
+    estimate running on ``meta`` inside a CPU tracker does not pollute it. ``fast_meta``
+    answers common meta ops with ``fastmeta.fast_meta`` (same outputs, much cheaper). ``granularity``
     rounds each storage up (512 mimics the CUDA caching allocator). With
     ``record=True`` an event log is kept so :meth:`timeline` can break the peak
     down by category afterwards.
     """
 
-    def __init__(self, device_type: str = "cpu", *, record: bool = False, granularity: int = 1):
+    def __init__(self, device_type: str | tuple[str, ...] = "cpu", *, record: bool = False,
+                 granularity: int = 1, fast_meta: bool = False):
         super().__init__()
-        self.device_type = device_type
+        self.device_types = (device_type,) if isinstance(device_type, str) else tuple(device_type)
+        self.fast_meta = fast_meta
         self.record = record
         self.granularity = max(1, int(granularity))
         self.current = 0
@@ -148,7 +153,7 @@ class StorageTracker(TorchDispatchMode):
 
     def register(self, t: torch.Tensor, tag: str | None = None) -> None:
         """Count a tensor that already exists (its storage once; ignored if on another device)."""
-        if not isinstance(t, torch.Tensor) or t.device.type != self.device_type:
+        if not isinstance(t, torch.Tensor) or t.device.type not in self.device_types:
             return
         st = _storage_of(t)
         if st is not None:
@@ -169,16 +174,19 @@ class StorageTracker(TorchDispatchMode):
 
     # -- dispatch ----------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        dt = self.device_type
+        kwargs = kwargs or {}
+        out = fast_meta(func, args, kwargs) if self.fast_meta else NotImplemented
+        if out is NotImplemented:
+            out = func(*args, **kwargs)
+        dt = self.device_types
         if isinstance(out, torch.Tensor):
-            if out.device.type == dt:
+            if out.device.type in dt:
                 st = _storage_of(out)
                 if st is not None:
                     self._add_storage(st, func, None)
         elif isinstance(out, (tuple, list)):
             for o in tree_leaves(out):
-                if isinstance(o, torch.Tensor) and o.device.type == dt:
+                if isinstance(o, torch.Tensor) and o.device.type in dt:
                     st = _storage_of(o)
                     if st is not None:
                         self._add_storage(st, func, None)
@@ -360,7 +368,7 @@ class PeakMemoryTracker:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._register(self._pending)
         else:
-            self._impl = StorageTracker(self.device.type, record=self.record)
+            self._impl = StorageTracker(self.device.type, record=self.record)  # counts one device type
             self._register(self._pending)
             self._impl.__enter__()
         self._pending = []

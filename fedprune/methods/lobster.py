@@ -49,8 +49,9 @@ class Lobster(Method):
             for _, p in self.pruner._params:
                 if p.grad is None:
                     continue
-                ins = torch.clamp(1.0 - p.grad.abs(), min=0.0)
-                p.sub_(lm * p * ins)
+                # in place, one temporary: p *= 1 - lmbda * max(0, 1 - |g|)
+                factor = p.grad.abs().neg_().add_(1.0).clamp_(min=0.0).mul_(-lm).add_(1.0)
+                p.mul_(factor)
         self.pruner.enforce()
 
     def epoch_end(self, ctx):

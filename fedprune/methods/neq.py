@@ -126,25 +126,28 @@ class NEq(Method):
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def _collect_outputs(self, ctx) -> dict[str, np.ndarray]:
-        """Outputs ``(alive, D)`` of every site's neurons on the fixed validation subset."""
+        """Outputs ``(alive, D)`` of every site's neurons on the fixed validation subset.
+
+        A group with several output modules (residual stream, depthwise pairs) concatenates them.
+        """
         x = ctx.val_x[: self.cfg.val_samples]
-        by_module: dict[str, list[str]] = {}
+        by_module: dict[str, list[tuple[str, torch.Tensor]]] = {}
         for g, site in ctx.sites.items():
-            if site.output is not None:
-                by_module.setdefault(site.output, []).append(g)
-        chunks: dict[str, list[torch.Tensor]] = {g: [] for gs in by_module.values() for g in gs}
+            for mname, pos in site.outputs:
+                by_module.setdefault(mname, []).append((g, pos))
+        chunks: dict[str, dict[str, list[torch.Tensor]]] = {}
         modules = dict(ctx.model.named_modules())
         handles = []
 
-        def hook(names):
+        def hook(mname, entries):
             def fn(mod, inp, out):
                 o = neuron_outputs(out.detach().float(), self.cfg.max_spatial)
-                for g in names:
-                    chunks[g].append(o)
+                for g, pos in entries:
+                    chunks.setdefault(g, {}).setdefault(mname, []).append(o.index_select(0, pos))
             return fn
 
-        for mname, gs in by_module.items():
-            handles.append(modules[mname].register_forward_hook(hook(gs)))
+        for mname, entries in by_module.items():
+            handles.append(modules[mname].register_forward_hook(hook(mname, entries)))
         was_training = ctx.model.training
         ctx.model.eval()
         try:
@@ -155,7 +158,8 @@ class NEq(Method):
             for h in handles:
                 h.remove()
             ctx.model.train(was_training)
-        return {g: torch.cat(c, dim=1).numpy() for g, c in chunks.items() if c}
+        return {g: torch.cat([torch.cat(c, dim=1) for c in per_mod.values()], dim=1).numpy()
+                for g, per_mod in chunks.items()}
 
     def _evaluate(self, ctx) -> None:
         outs = self._collect_outputs(ctx)
@@ -195,10 +199,11 @@ class NEq(Method):
             local = fr[site.alive]
             if not local.any():
                 continue
-            idx = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
+            which = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
             all_frozen = bool(local.all())
             for ps in site.params:
-                if all_frozen and self.cfg.skip_layer_grad:
+                idx = ps.pos.index_select(0, which)
+                if all_frozen and self.cfg.skip_layer_grad and len(ps.pos) == ps.param.shape[ps.dim]:
                     ps.param.requires_grad_(False)
                     self._nograd.append(ps.param)
                 self._slices.append((ps.param, ps.dim, idx))

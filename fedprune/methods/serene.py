@@ -40,16 +40,17 @@ class SensitivityProbe:
     mean of absolute values as it flows by, so no activation-sized gradient is kept.
     """
 
-    def __init__(self, model: nn.Module, outputs: Mapping[str, list[str]]):
+    def __init__(self, model: nn.Module, outputs: Mapping[str, list[tuple[str, torch.Tensor | None]]]):
         self.armed = False
         self._collect = False
         self._first: torch.Tensor | None = None
         self._acc: dict[str, torch.Tensor] = {}
+        self._cnt: dict[str, int] = {}
         modules = dict(model.named_modules())
-        self._handles = [modules[m].register_forward_hook(self._hook(list(gs)))
-                         for m, gs in outputs.items()]
+        self._handles = [modules[m].register_forward_hook(self._hook(list(entries)))
+                         for m, entries in outputs.items()]
 
-    def _hook(self, groups: list[str]):
+    def _hook(self, entries: list[tuple[str, torch.Tensor | None]]):
         def fn(mod, inp, out):
             if not (self.armed and isinstance(out, torch.Tensor) and out.requires_grad):
                 return
@@ -59,9 +60,11 @@ class SensitivityProbe:
             def grad_hook(g: torch.Tensor):
                 if self._collect:
                     dims = [d for d in range(g.dim()) if d != 1]
-                    red = g.detach().abs().mean(dim=dims)
-                    for name in groups:
-                        self._acc[name] = self._acc[name] + red if name in self._acc else red
+                    red = g.detach().abs().mean(dim=dims)  # per channel: mean over batch, positions
+                    for name, pos in entries:
+                        r = red if pos is None else red.index_select(0, pos)
+                        self._acc[name] = self._acc[name] + r if name in self._acc else r
+                        self._cnt[name] = self._cnt.get(name, 0) + 1
                 return None
 
             out.register_hook(grad_hook)
@@ -79,7 +82,7 @@ class SensitivityProbe:
         if first is None:
             return {}
         c = outputs.shape[1]
-        self._acc = {}
+        self._acc, self._cnt = {}, {}
         self._collect = True
         try:
             if mode == "lower_bound":
@@ -91,8 +94,11 @@ class SensitivityProbe:
                 raise ValueError(f"unknown sensitivity mode {mode!r}")
         finally:
             self._collect = False
-        acc, self._acc = self._acc, {}
-        return {g: (scale / c) * v for g, v in acc.items()}
+        acc, cnt = self._acc, self._cnt
+        self._acc, self._cnt = {}, {}
+        per_pass = c if mode == "full" else 1
+        # ``full`` sums over the C passes (sum_k); several output modules of a group are averaged.
+        return {g: (scale / c) * v * per_pass / cnt[g] for g, v in acc.items()}
 
     def remove(self) -> None:
         """Remove the forward hooks."""
@@ -102,9 +108,12 @@ class SensitivityProbe:
         self._first = None
 
 
-def neuron_sensitivity(model: nn.Module, x: torch.Tensor, outputs: Mapping[str, list[str]],
+def neuron_sensitivity(model: nn.Module, x: torch.Tensor,
+                       outputs: Mapping[str, list[tuple[str, torch.Tensor | None]]],
                        mode: str = "lower_bound", scale: float = 1.0) -> dict[str, torch.Tensor]:
     """SeReNe sensitivity of the given module outputs' channels on input batch ``x`` (one forward).
+
+    ``outputs`` maps a module name to ``[(group, positions or None for all channels), ...]``.
 
     See the module docstring for the formula. Guarantee: entry ``c`` of a group's tensor only
     depends on channel ``c``'s gradient (per-channel mean over batch and positions).
@@ -140,10 +149,10 @@ class SeReNe(Method):
         """Hook the sites' output modules; weight masks become ``w != 0``."""
         self.pruner.attach(ctx.model)
         self._sites = ctx.sites
-        outputs: dict[str, list[str]] = {}
+        outputs: dict[str, list[tuple[str, torch.Tensor]]] = {}
         for g, site in ctx.sites.items():
-            if site.output is not None:
-                outputs.setdefault(site.output, []).append(g)
+            for mname, pos in site.outputs:
+                outputs.setdefault(mname, []).append((g, pos))
         self.probe = SensitivityProbe(ctx.model, outputs)
         self.sens = {}
 
@@ -185,11 +194,13 @@ class SeReNe(Method):
                 ins = torch.clamp(1.0 - s, min=0.0)
                 for ps in site.params:
                     p = ps.param
-                    if ins.numel() != p.shape[ps.dim]:
+                    if ins.numel() != len(ps.pos):
                         continue
+                    factor = torch.ones(p.shape[ps.dim], dtype=p.dtype, device=p.device)
+                    factor[ps.pos] = 1.0 - lm * ins.to(p.dtype)
                     shape = [1] * p.dim()
                     shape[ps.dim] = -1
-                    p.sub_(lm * p * ins.view(shape))
+                    p.mul_(factor.view(shape))  # w <- w - lmbda * w * max(0, 1 - S), in place
         self.pruner.enforce()
 
     def epoch_end(self, ctx):
@@ -236,15 +247,9 @@ class SeReNe(Method):
             {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("trigger/")})
 
 
-def _slice_rows(ps) -> torch.Tensor:
-    """The slice of ``ps.param`` as ``(neurons, -1)``."""
-    p = ps.param.detach()
-    return p.movedim(ps.dim, 0).reshape(p.shape[ps.dim], -1)
-
-
 def dead_neurons(site) -> np.ndarray | None:
     """Boolean (alive,) vector: neurons whose incoming weight slices (ndim >= 2) are all zero."""
-    rows = [_slice_rows(ps) for ps in site.params if ps.param.dim() >= 2]
+    rows = [ps.rows() for ps in site.params if ps.is_weight]
     if not rows:
         return None
     dead = torch.ones(rows[0].shape[0], dtype=torch.bool)
@@ -255,8 +260,7 @@ def dead_neurons(site) -> np.ndarray | None:
 
 def site_norms(site) -> np.ndarray:
     """L2 norm of all of each neuron's parameter slices, (alive,)."""
-    tot = None
+    tot = torch.zeros(len(site.alive), dtype=torch.float64)
     for ps in site.params:
-        sq = _slice_rows(ps).pow(2).sum(dim=1)
-        tot = sq if tot is None else tot + sq
-    return np.sqrt(tot.numpy()) if tot is not None else np.zeros(len(site.alive))
+        tot += ps.rows().double().pow(2).sum(dim=1)
+    return np.sqrt(tot.numpy())

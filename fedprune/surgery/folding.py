@@ -7,9 +7,10 @@ moved into the consumer, the way the Simplify library does:
 
 * ``nn.Linear`` consumer: ``bias += W[:, removed] @ c`` (exact);
 * ``nn.Conv2d`` consumer: ``K[o] = sum_j c_j * W[o, j]``; the interior value
-  ``K[o].sum()`` goes to the conv's ``bias``, or to the ``running_mean`` of the
-  BatchNorm it feeds (``running_mean -= K.sum()``, exact in eval *and* train mode),
-  or to a bias added to the conv when it has neither; for zero-padded convs ``K``
+  ``K[o].sum()`` goes to the conv's ``bias``; a conv without bias hands it to the
+  ``running_mean`` of the BatchNorms that read its output (directly or through
+  concatenations/adds: ``running_mean -= K.sum()``, exact in eval *and* train mode);
+  only when neither exists a bias is added to the conv; for zero-padded convs ``K``
   is kept in :class:`FoldedConv2d` to reproduce the borders exactly.
 
 The constants are *measured*, not derived: the model (with removed neurons' incoming
@@ -72,13 +73,17 @@ def probe_constants(model: nn.Module, removed_inputs: Mapping[str, np.ndarray],
     return found
 
 
+Sink = tuple[str, list[tuple[str, np.ndarray]]]
+
+
 def fold_into_consumers(model: nn.Module, removed_inputs: Mapping[str, np.ndarray],
-                        probe: torch.Tensor, sinks: Mapping[str, str]) -> dict[str, np.ndarray]:
+                        probe: torch.Tensor, sinks: Mapping[str, Sink]) -> dict[str, np.ndarray]:
     """Fold each consumer's removed constant inputs into its bias / BN / border term (in place).
 
     ``removed_inputs[layer]`` are positions along the layer's input axis (current
-    coordinates) that are about to be cut; ``sinks[layer]`` is ``"bias"``,
-    ``"bn:<name>"`` or ``"extra"`` (add a bias) and says where the interior constant goes.
+    coordinates) that are about to be cut. ``sinks[layer]`` says where the interior
+    constant goes: ``("bias", [])``, ``("bn", [(bn name, bn position of each output
+    channel), ...])`` or ``("extra", [])`` (add a bias to the layer).
     Returns ``{layer: positions}`` of removed inputs that were *not* constant (their
     mean was folded, which is inexact); empty when the fold is exact.
     """
@@ -106,7 +111,7 @@ def fold_into_consumers(model: nn.Module, removed_inputs: Mapping[str, np.ndarra
                 conv.fold_kernel += kernel.unsqueeze(1).to(conv.fold_kernel.dtype)
         else:
             interior = w @ c
-        _add_interior(model, module, interior, sinks.get(name, "extra"))
+        _add_interior(model, module, interior, sinks.get(name, ("extra", [])))
     return inexact
 
 
@@ -118,11 +123,14 @@ def warn_inexact(inexact: Mapping[str, np.ndarray]) -> None:
                       "model differs from the masked dense one", FoldWarning, stacklevel=3)
 
 
-def _add_interior(model: nn.Module, module: nn.Module, delta: torch.Tensor, sink: str) -> None:
-    if sink.startswith("bn:") and module.bias is None:
-        bn = model.get_submodule(sink[3:])
-        if bn.running_mean is not None:  # without running stats BN removes the shift itself
-            bn.running_mean -= delta.to(bn.running_mean.dtype)
+def _add_interior(model: nn.Module, module: nn.Module, delta: torch.Tensor, sink: Sink) -> None:
+    kind, targets = sink
+    if kind == "bn" and module.bias is None:
+        for bn_name, positions in targets:
+            bn = model.get_submodule(bn_name)
+            if bn.running_mean is not None:  # without running stats BN removes the shift itself
+                idx = torch.as_tensor(positions, device=bn.running_mean.device)
+                bn.running_mean.index_add_(0, idx, -delta.to(bn.running_mean.dtype))
         return
     if module.bias is None:
         module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]),

@@ -13,7 +13,9 @@ Invariants (for any valid masks ``m`` and ``n <= m``):
 * ``compact(model, m)`` and ``zero_pruned(model, m)`` compute the same function in
   eval mode (up to float rounding; see :mod:`fedprune.surgery.folding` for the one
   documented inexact case, which warns);
-* ``prune(compact(model, m), m, n)`` == ``compact(model, n)`` as functions;
+* ``prune(c, m, n)`` and ``zero_pruned(c, n, current=m)`` compute the same function
+  for a model ``c`` shaped by ``m`` (removal only ever zeroes *incoming weights*;
+  a neuron's bias, including constants folded into it earlier, is kept);
 * compact state dicts have exactly the dense keys (plus :attr:`extra_keys`, empty for
   every conv/linear that has a bias or feeds a BatchNorm), with smaller shapes;
 * ``compact_state_dict(expand(sd, m), m) == sd`` bit for bit, and
@@ -35,6 +37,7 @@ from .groups import LayerRole, NeuronGroup
 from .mask import NeuronMask
 from .modules import FoldedConv2d, resize_layers
 from .plan import IndexPlan, split_key
+from .testing import randomize_constants
 from .trace import TraceResult, trace_groups
 
 VERIFY_RTOL = 1e-4
@@ -88,41 +91,96 @@ class NeuronGraph:
         and the masked dense model raises :class:`SurgeryError`.
         """
         example_input = example_input.detach()
-        trace = trace_groups(model, example_input, tuple(ignored_layers))
+        try:
+            trace = trace_groups(model, example_input, tuple(ignored_layers))
+        except Exception as exc:  # torch-pruning raises anything from ZeroDivisionError up
+            raise SurgeryError(f"torch-pruning cannot trace {type(model).__name__}: "
+                               f"{type(exc).__name__}: {exc}") from exc
         template = copy.deepcopy(model).to("meta")
         graph = cls(trace, template, example_input.shape, example_input.dtype)
         if verify:
             graph = graph._verified(model)
         return graph
 
-    def _fold_sinks(self, model: nn.Module) -> tuple[dict[str, str], tuple[str, ...]]:
-        """Where each consumer puts folded constants, and keys of biases compact models add."""
+    def _fold_sinks(self, model: nn.Module) -> tuple[dict, tuple[str, ...]]:
+        """Where each consumer puts folded constants, and keys of biases compact models add.
+
+        ``sinks[layer]`` is ``("bias", [])``, ``("extra", [])`` or ``("bn", [(bn, map)])``
+        with ``map[o]`` the dense BatchNorm position of the layer's dense output ``o``
+        (``None``: the BatchNorm directly follows the layer, same positions).
+        """
         sinks, extra = {}, []
         for name, axes in self._plan.layers.items():
             if axes.inp is None:
                 continue
+            maps = self._bn_maps(name)
             if model.get_submodule(name).bias is not None:
-                sinks[name] = "bias"
-            elif name in self._trace.next_bn:
-                sinks[name] = "bn:" + self._trace.next_bn[name]
+                sinks[name] = ("bias", [])
+            elif maps is not None:
+                sinks[name] = ("bn", maps)
             else:
-                sinks[name] = "extra"
+                sinks[name] = ("extra", [])
                 extra.append(f"{name}.bias")
         return sinks, tuple(extra)
 
+    def _bn_maps(self, layer: str) -> list[tuple[str, np.ndarray | None]] | None:
+        """Per BatchNorm absorbing ``layer``'s output shift: the dense channel map, or None."""
+        bns = self._trace.shift_bns.get(layer)
+        if bns is None:
+            return None
+        if bns == [self._trace.next_bn.get(layer)]:
+            return [(bns[0], None)]
+        group = next((g for g in self.groups if layer in g.producers), None)
+        if group is None:
+            return None
+        out = next(r for r in group.layers if r.module == layer and r.is_producer)
+        maps = []
+        for bn in bns:
+            role = next((r for r in group.layers if r.module == bn and r.role == "norm"), None)
+            if role is None:
+                return None
+            pos_of_neuron = np.full(group.size, -1)
+            pos_of_neuron[role.neuron] = role.index
+            dense_map = np.full(int(out.index.max()) + 1, -1)
+            dense_map[out.index] = pos_of_neuron[out.neuron]
+            if (dense_map < 0).any():
+                return None
+            maps.append((bn, dense_map))
+        return maps
+
+    def _resolved_sinks(self, current: NeuronMask) -> dict:
+        """Static sinks with BatchNorm positions in the coordinates of a ``current``-shaped model."""
+        alive = self._plan.alive(current)
+        resolved = {}
+        for layer, (kind, maps) in self._sinks.items():
+            if kind != "bn":
+                resolved[layer] = (kind, maps)
+                continue
+            targets = []
+            for bn, dense_map in maps:
+                if dense_map is None:  # same channels as the layer's output
+                    n = (int(alive[(layer, "out")].sum()) if (layer, "out") in alive
+                         else self.dense_shapes[f"{layer}.weight"][0])
+                    targets.append((bn, np.arange(n)))
+                    continue
+                rank = np.cumsum(alive[(bn, "out")]) - 1
+                targets.append((bn, rank[dense_map[np.flatnonzero(alive[(layer, "out")])]]))
+            resolved[layer] = ("bn", targets)
+        return resolved
+
     def _verified(self, model: nn.Module) -> "NeuronGraph":
         """Self-check on a perturbed copy; drop groups whose constants cannot be folded."""
-        ref = _perturbed(model)
+        ref = randomize_constants(model)
+        full = NeuronMask.full(self)
         check = NeuronMask(self, {g.name: np.arange(g.size) % 2 == 0 for g in self.groups})
-        work = self._prepare(ref, NeuronMask.full(self), check)
-        inexact = fold_into_consumers(work, self._removed_inputs(NeuronMask.full(self), check),
-                                      self._probe(ref), self._sinks)
+        try:
+            small, inexact = self._reduce(ref, full, check)
+        except RuntimeError as exc:
+            raise SurgeryError(f"{type(model).__name__}: folding failed ({exc})") from exc
         if inexact:
-            bad = set()
-            for layer, pos in inexact.items():
-                for seg in self._plan.layers[layer].inp.segments:
-                    if np.isin(seg.pos, pos).any():
-                        bad.add(self.groups[seg.group].name)
+            bad = {self.groups[seg.group].name
+                   for layer, pos in inexact.items()
+                   for seg in self._plan.layers[layer].inp.segments if np.isin(seg.pos, pos).any()}
             trace = copy.copy(self._trace)
             trace.groups = [g for g in self.groups if g.name not in bad]
             trace.unsupported = {**trace.unsupported, **{
@@ -131,8 +189,8 @@ class NeuronGraph:
         x = self._probe(ref)
         try:
             with torch.no_grad():
-                want = self.zero_pruned(ref, check).eval()(x)
-                got = self.compact(ref, check).eval()(x)
+                want = self._prepare(ref, full, check).eval()(x)
+                got = small.eval()(x)
         except RuntimeError as exc:
             raise SurgeryError(f"{type(model).__name__}: compact model does not run ({exc})") from exc
         err = float((want - got).abs().max())
@@ -212,20 +270,26 @@ class NeuronGraph:
             raise MaskError("new_mask revives neurons that old_mask had pruned; "
                             "it must be a subset of old_mask")
         self.check_model(compact_model, old_mask)
-        work = self._prepare(compact_model, old_mask, new_mask)
-        inexact = fold_into_consumers(work, self._removed_inputs(old_mask, new_mask),
-                                      self._probe(work), self._sinks)
+        work, inexact = self._reduce(compact_model, old_mask, new_mask)
         warn_inexact(inexact)
-        positions = self._plan.keep(old_mask, new_mask)
-        resize_layers(work, self._plan, positions)
-        self._add_extra_biases(work)
         return work
 
-    def zero_pruned(self, model: nn.Module, mask: NeuronMask) -> nn.Module:
-        """A dense copy whose pruned neurons have zero incoming weights (bias/BN kept)."""
+    def zero_pruned(self, model: nn.Module, mask: NeuronMask, *,
+                    current: NeuronMask | None = None) -> nn.Module:
+        """A copy of ``model`` whose pruned neurons have zero incoming weights (bias/BN kept).
+
+        ``model`` is dense by default (the "masked dense" model); pass ``current`` for a
+        model shaped by that mask, then ``mask`` must be a subset of it. Invariant:
+        ``prune(m, current, mask)`` computes the same eval-mode function as
+        ``zero_pruned(m, mask, current=current)``.
+        """
+        current = current if current is not None else NeuronMask.full(self)
         self._check_mask(mask, "mask")
-        self.check_model(model, NeuronMask.full(self))
-        return self._prepare(model, NeuronMask.full(self), mask)
+        self._check_mask(current, "current")
+        if not mask.issubset(current):
+            raise MaskError("mask revives neurons that current had pruned")
+        self.check_model(model, current)
+        return self._prepare(model, current, mask)
 
     def build_compact(self, mask: NeuronMask, device: torch.device | str = "cpu") -> nn.Module:
         """A freshly initialised module with the compact architecture of ``mask``.
@@ -337,6 +401,16 @@ class NeuronGraph:
         return {layer: pos for (layer, attr), pos in self._removed(current, target).items()
                 if attr == "inp" and len(pos)}
 
+    def _reduce(self, model: nn.Module, current: NeuronMask,
+                target: NeuronMask) -> tuple[nn.Module, dict[str, np.ndarray]]:
+        """Zero, fold and cut: the compact copy for ``target`` and any inexact folds."""
+        work = self._prepare(model, current, target)
+        inexact = fold_into_consumers(work, self._removed_inputs(current, target),
+                                      self._probe(work), self._resolved_sinks(current))
+        resize_layers(work, self._plan, self._plan.keep(current, target))
+        self._add_extra_biases(work)
+        return work, inexact
+
     def _prepare(self, model: nn.Module, current: NeuronMask, target: NeuronMask) -> nn.Module:
         """Deep copy of ``model`` with the removed neurons' incoming weights set to zero."""
         work = copy.deepcopy(model)
@@ -355,7 +429,7 @@ class NeuronGraph:
 
     def _probe(self, model: nn.Module) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn((2, *self.example_shape[1:]), generator=gen, dtype=torch.float64)
+        x = torch.randn((1, *self.example_shape[1:]), generator=gen, dtype=torch.float64)
         return x.to(device=_device_of(model), dtype=self.dtype)
 
     def _add_extra_biases(self, model: nn.Module) -> None:
@@ -368,25 +442,3 @@ class NeuronGraph:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{g.name}:{g.size}" for g in self.groups)
         return f"NeuronGraph({len(self.groups)} groups: {sizes})"
-
-
-def _perturbed(model: nn.Module) -> nn.Module:
-    """A copy with random (seeded) biases and BatchNorm statistics, for self-checks."""
-    ref = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(1234)
-
-    def rnd(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        return (torch.rand(t.shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo).to(t)
-
-    with torch.no_grad():
-        for m in ref.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if m.affine:
-                    m.weight.copy_(rnd(m.weight, 0.5, 1.5))
-                    m.bias.copy_(rnd(m.bias, -0.5, 0.5))
-                if m.running_mean is not None:
-                    m.running_mean.copy_(rnd(m.running_mean, -0.5, 0.5))
-                    m.running_var.copy_(rnd(m.running_var, 0.5, 1.5))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(rnd(m.bias, -0.2, 0.2))
-    return ref

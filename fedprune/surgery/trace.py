@@ -58,6 +58,9 @@ class TraceResult:
     unsupported: dict[str, str] = field(default_factory=dict)  # group name -> reason
     layers: list[tuple[str, int, str | None]] = field(default_factory=list)  # (layer, out size, group)
     next_bn: dict[str, str] = field(default_factory=dict)  # conv/linear -> BatchNorm fed only by it
+    # conv/linear -> BatchNorms that see its output only through concatenations and adds
+    # (every path ends in one of them), so they can absorb a constant shift of it.
+    shift_bns: dict[str, list[str]] = field(default_factory=dict)
     output_layers: list[str] = field(default_factory=list)
 
 
@@ -110,12 +113,22 @@ def _classify(DG, node, name: str | None) -> tuple[str | None, str | None]:
     return None, f"{t.name.lower()} {name or type(m).__name__}"
 
 
+def _is_network_output(DG, node, handler) -> bool:
+    """Does this group item put channels into a tensor the network returns?"""
+    if node.type == OPTYPE.OUTPUT:
+        return True
+    if node.outputs:
+        return False
+    pruner = DG.get_pruner_of_module(node.module)
+    return node.type not in (OPTYPE.CONV, OPTYPE.LINEAR) or handler == pruner.prune_out_channels
+
+
 def _convert(DG, group, names: dict) -> tuple[list[tuple], str | None, bool]:
     """tp group -> ``([(module, kind, role, index, neuron)], unsupported reason, reaches output)``."""
     items, reason = [], None
     for item in group:
         node, handler = item.dep.target, item.dep.handler
-        if node.type == OPTYPE.OUTPUT:
+        if _is_network_output(DG, node, handler):
             return [], None, True
         name = names.get(node.module)
         kind, why = _classify(DG, node, name)
@@ -140,6 +153,48 @@ def _renumber(items: list[tuple], name: str, size: int) -> list[tuple]:
             perm[root] = idx
             return [(m, k, r, i, perm[n]) for m, k, r, i, n in items]
     return items
+
+
+SHIFT_EQUIVARIANT_OPS = frozenset({
+    "AddBackward", "MaxPool2DWithIndicesBackward", "AdaptiveAvgPool2DBackward",
+    "AdaptiveMaxPool2DBackward", "CloneBackward", "AliasBackward"})
+
+
+def _passes_shift(node) -> bool:
+    """Does ``op(x + d) == op(x) + d`` hold for a per-channel constant ``d``?"""
+    if node.type == OPTYPE.CONCAT:
+        return True
+    if node.type != OPTYPE.ELEMENTWISE:
+        return False
+    op = _op_name(node)
+    if op == "AvgPool2DBackward":  # zero padding counted in the average scales borders
+        fn = node.grad_fn
+        return not any(getattr(fn, "_saved_padding", [1])) or not getattr(
+            fn, "_saved_count_include_pad", True)
+    if op in REDUCTIONS and op != "SumBackward":
+        return _reduction_keeps_channels(node.grad_fn)
+    return op in SHIFT_EQUIVARIANT_OPS
+
+
+def _shift_absorbing_bns(node) -> list | None:
+    """BatchNorm nodes that absorb a per-channel shift of ``node``'s output, or None.
+
+    Walks forward through ops that pass a constant shift through unchanged
+    (concatenation, addition, max/average pooling); every path must end in a BatchNorm.
+    """
+    stack, seen, bns = list(node.outputs), set(), []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.type == OPTYPE.BN:
+            bns.append(n)
+        elif n.outputs and _passes_shift(n):
+            stack.extend(n.outputs)
+        else:
+            return None
+    return bns or None
 
 
 def trace_groups(model: nn.Module, example_input: torch.Tensor,
@@ -196,6 +251,9 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor,
             nxt = next(iter(outs))
             if nxt.type == OPTYPE.BN and {i for i in nxt.inputs} == {node}:
                 result.next_bn[name] = names[nxt.module]
+        bns = _shift_absorbing_bns(node)
+        if bns is not None:
+            result.shift_bns[name] = sorted((names[b.module] for b in bns), key=order.get)
         size = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         result.layers.append((name, int(size), owner.get(name)))
     result.layers.sort(key=lambda it: order[it[0]])

@@ -1,0 +1,207 @@
+"""DynHP (dynamic hard pruning): remove the least useful neurons on a schedule, physically.
+
+Schedule. The fraction of the dense model's parameters to keep at total training progress ``p``
+(``p = (round_idx * epochs + epoch + fraction of the epoch) / (num_rounds * epochs)``) is
+``kept_fraction(p)`` (cubic by default, see :func:`~fedprune.methods.schedules.kept_fraction`); it
+reaches ``1 - target_compression`` at ``end_progress`` and stays there. A pruning event happens
+``prunes_per_epoch`` times per local epoch (evenly spaced in samples, the last at the epoch's end).
+
+Score (the brief leaves it open; this is the choice). ``taylor`` (default): the first-order Taylor
+estimate of the loss change when the neuron's output is removed, measured on ``score_samples``
+validation samples in eval mode, ``score_n = mean_samples |sum_{positions, output modules}
+a_n * dL/da_n|`` (Molchanov et al., 2017), then divided by the L2 norm of the group's scores so
+that layers of different scale compete in one global ranking. ``l2``: the L2 norm of the neuron's
+parameter slices, normalised the same way (free, but blind to the data).
+
+Selection. Alive neurons are taken in increasing score order (skipping any that would leave a
+group with fewer than ``min_neurons``) until the compact model's parameter count is at or below
+the schedule's target: the smallest such prefix, found by bisection on exact parameter counts of
+the candidate compact models. The mask is returned to the trainer, which removes the neurons with
+``graph.prune`` (memory is freed at once) and recomputes the batch size for the budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedprune.methods.base import Method
+from fedprune.methods.config import DynHPConfig
+from fedprune.methods.schedules import kept_fraction
+from fedprune.methods.serene import site_norms
+
+
+def count_params_for(graph, mask) -> int:
+    """Parameters of the compact model for ``mask`` (built on the meta device: no allocation)."""
+    try:
+        model = graph.build_compact(mask, device="meta")
+    except Exception:  # pragma: no cover - fall back to a real (small) build
+        model = graph.build_compact(mask)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def taylor_scores(ctx, samples: int) -> dict[str, np.ndarray]:
+    """Raw Taylor scores ``(alive,)`` per group on the first ``samples`` validation samples."""
+    x = ctx.val_x[:samples]
+    y = ctx.val_y[:samples]
+    by_module: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for g, site in ctx.sites.items():
+        for mname, pos in site.outputs:
+            by_module.setdefault(mname, []).append((g, pos))
+    modules = dict(ctx.model.named_modules())
+    totals = {g: torch.zeros(len(s.alive), dtype=torch.float64) for g, s in ctx.sites.items()}
+    state: dict[str, Any] = {"first": None, "chunk": {}}
+
+    def hook(entries):
+        def fn(mod, inp, out):
+            if not out.requires_grad:
+                return
+            if state["first"] is None:
+                state["first"] = out
+            act = out.detach()
+
+            def grad_hook(grad):
+                contrib = act * grad
+                per = contrib.sum(dim=tuple(range(2, contrib.dim()))) if contrib.dim() > 2 else contrib
+                for g, pos in entries:
+                    v = per.index_select(1, pos).double()
+                    acc = state["chunk"]
+                    acc[g] = acc[g] + v if g in acc else v
+                return None
+
+            out.register_hook(grad_hook)
+        return fn
+
+    handles = [modules[m].register_forward_hook(hook(e)) for m, e in by_module.items()]
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        bs = max(1, int(ctx.eval_batch))
+        for i in range(0, len(x), bs):
+            state["first"], state["chunk"] = None, {}
+            with torch.enable_grad():
+                out = ctx.model(x[i: i + bs])
+                loss = F.cross_entropy(out, y[i: i + bs], reduction="sum")
+                if state["first"] is not None:
+                    torch.autograd.grad(loss, state["first"])
+            for g, v in state["chunk"].items():
+                totals[g] += v.abs().sum(dim=0)
+    finally:
+        for h in handles:
+            h.remove()
+        ctx.model.train(was_training)
+        state["first"], state["chunk"] = None, {}
+    n = max(1, len(x))
+    return {g: (t / n).numpy() for g, t in totals.items()}
+
+
+def normalize_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Divide each group's scores by their L2 norm (all-zero groups stay zero)."""
+    out = {}
+    for g, s in scores.items():
+        s = np.asarray(s, np.float64)
+        n = float(np.linalg.norm(s))
+        out[g] = s / n if n > 0 else s
+    return out
+
+
+class DynHP(Method):
+    """Scheduled, score-ranked physical neuron removal (see module docstring)."""
+
+    name = "dynhp"
+    structural = True
+
+    def __init__(self, cfg: DynHPConfig):
+        super().__init__(cfg)
+        self.events = 0
+        self.removed = 0
+        self.last_target = 1.0
+        self._cut = 1
+        self._dense_params: int | None = None
+
+    def begin(self, ctx) -> None:
+        """Count the dense model's parameters (the schedule's reference)."""
+        from fedprune.surgery import NeuronMask
+
+        self._dense_params = count_params_for(ctx.graph, NeuronMask.full(ctx.graph))
+
+    def epoch_start(self, ctx):
+        """Reset the within-epoch pruning points."""
+        self._cut = 1
+        return None
+
+    def step_end(self, ctx):
+        """At each of the ``prunes_per_epoch`` points of the epoch, prune toward the schedule."""
+        k = self.cfg.prunes_per_epoch
+        fire = False
+        while self._cut <= k and ctx.epoch_fraction >= self._cut / k - 1e-9:
+            self._cut += 1
+            fire = True
+        return self.prune_now(ctx) if fire else None
+
+    def target_params(self, progress: float) -> int:
+        """Parameters allowed at ``progress`` by the schedule."""
+        c = self.cfg
+        keep = kept_fraction(progress, c.target_compression, c.start_progress, c.end_progress, c.schedule)
+        self.last_target = keep
+        return int(np.floor(keep * (self._dense_params or 0)))
+
+    def prune_now(self, ctx):
+        """One pruning event at the current progress; returns the new mask or None."""
+        from fedprune.surgery import NeuronMask
+
+        target = self.target_params(ctx.progress)
+        current = count_params_for(ctx.graph, ctx.mask)
+        if current <= target:
+            return None
+        if self.cfg.score == "taylor":
+            raw = taylor_scores(ctx, self.cfg.score_samples)
+        else:
+            raw = {g: site_norms(s) for g, s in ctx.sites.items()}
+        scores = normalize_scores(raw)
+        order = sorted(((float(v), g, i) for g, s in scores.items() for i, v in enumerate(s)),
+                       key=lambda t: (t[0], t[1], t[2]))
+        left = {g: len(s.alive) for g, s in ctx.sites.items()}
+        removable: list[tuple[str, int]] = []
+        for _, g, i in order:
+            floor = min(self.cfg.min_neurons, len(ctx.sites[g].alive))
+            if left[g] - 1 >= max(1, floor):
+                left[g] -= 1
+                removable.append((g, i))
+        if not removable:
+            return None
+        base = ctx.mask.to_arrays()
+
+        def mask_for(k: int):
+            arrays = {g: a.copy() for g, a in base.items()}
+            for g, i in removable[:k]:
+                arrays[g][ctx.sites[g].alive[i]] = False
+            return NeuronMask.from_arrays(ctx.graph, arrays)
+
+        lo, hi = 1, len(removable)
+        if count_params_for(ctx.graph, mask_for(hi)) > target:
+            lo = hi  # cannot reach the target this time: remove everything allowed
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if count_params_for(ctx.graph, mask_for(mid)) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        self.events += 1
+        self.removed += lo
+        return mask_for(lo)
+
+    def metrics(self, ctx) -> dict[str, Any]:
+        """Events, neurons removed, the schedule's last kept fraction and the compression reached."""
+        alive = count_params_for(ctx.graph, ctx.mask)
+        dense = self._dense_params or alive
+        return {
+            "dynhp_events": int(self.events),
+            "dynhp_neurons_removed": int(self.removed),
+            "dynhp_target_kept_frac": float(self.last_target),
+            "dynhp_kept_params_frac": float(alive / max(1, dense)),
+            "dynhp_compression": float(dense / max(1, alive)),
+        }

@@ -1,0 +1,77 @@
+"""Saving and exporting (compact) models.
+
+* :func:`save_model` writes the whole module with ``torch.save`` (compact models
+  have no fixed class of their own: their shapes *are* the architecture), including
+  non-persistent border-fold buffers.
+* :func:`load_model` reads it back with ``torch.load(weights_only=True)``: the classes
+  the file needs are listed with ``torch.serialization.get_unsafe_globals_in_checkpoint``
+  and allow-listed only when they come from ``torch``, ``torchvision`` or ``fedprune``;
+  anything else raises unless ``trusted=True`` (which falls back to full unpickling).
+* :func:`export_onnx` exports in eval mode with the ``torch.export``-based ONNX
+  exporter (onnxscript); the file runs in onnxruntime and matches torch outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import warnings
+
+import torch
+from torch import nn
+
+TRUSTED_PREFIXES = ("torch.", "torchvision.", "fedprune.", "collections.OrderedDict",
+                    "builtins.set", "functools.partial")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save the whole module (architecture + tensors) to ``path``; see :func:`load_model`."""
+    torch.save(model, path)
+
+
+def _resolve(name: str):
+    module, _, attr = name.rpartition(".")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               trusted: bool = False) -> nn.Module:
+    """Load a module written by :func:`save_model` with ``weights_only=True`` loading.
+
+    Only classes from torch, torchvision and fedprune are allow-listed; a file that
+    needs anything else raises ``pickle.UnpicklingError`` unless ``trusted=True``.
+    """
+    if trusted:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    refused = [n for n in needed if not n.startswith(TRUSTED_PREFIXES)]
+    if refused:
+        import pickle
+        raise pickle.UnpicklingError(f"{path}: refusing to load untrusted classes {refused}; "
+                                     "pass trusted=True if you trust this file")
+    with torch.serialization.safe_globals([_resolve(n) for n in needed]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, *,
+                opset_version: int | None = None) -> str:
+    """Export ``model`` (eval mode; flag restored) to ONNX at ``path`` and return the path.
+
+    The graph has the static input shape of ``example_input``; weights are embedded.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example_input,), str(path), dynamo=True,
+                              external_data=False, opset_version=opset_version,
+                              input_names=["input"], output_names=["logits"])
+    finally:
+        model.train(was_training)
+    return str(path)

@@ -1,0 +1,101 @@
+"""PeakMemoryTracker / StorageTracker: what is counted, when it is freed, no double counting."""
+
+import pytest
+import torch
+from torch import nn
+
+from fedprune.memory import CATEGORIES, OptimizerSpec, PeakMemoryTracker, estimate_training_memory, \
+    measure_training_memory, train_step
+from fedprune.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Real steps run single-threaded: on a shared 2-core box OpenMP oversubscription costs 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_counts_allocations_and_frees():
+    with PeakMemoryTracker() as t:
+        a = torch.empty(1000)  # 4000 B
+        b = torch.empty(500)  # 2000 B
+        del a
+        c = torch.empty(100)  # 400 B
+        assert t.current_bytes == 2400
+    assert t.peak_bytes == 6000
+    assert t.baseline_bytes == 0
+    del b, c
+
+
+def test_views_and_inplace_are_not_double_counted():
+    x = torch.randn(1000)
+    with PeakMemoryTracker(tensors=(x,)) as t:
+        v = x.view(10, 100)
+        x.add_(1.0)
+        v.mul_(2.0)
+        s = x[::2]
+        _ = x.t() if x.dim() == 2 else x.reshape(1000)
+    assert t.baseline_bytes == 4000
+    assert t.peak_bytes == 4000
+    del v, s
+
+
+def test_preexisting_tensor_freed_inside_is_subtracted():
+    holder = [torch.randn(1000)]
+    with PeakMemoryTracker(tensors=holder) as t:
+        holder.clear()
+        assert t.current_bytes == 0
+        y = torch.empty(250)  # 1000 B
+    assert t.peak_bytes == 4000
+    del y
+
+
+def test_tensors_saved_for_backward_stay_counted_until_released():
+    w = torch.randn(1000, requires_grad=True)
+    with PeakMemoryTracker(tensors=(w,)) as t:
+        h = (w * 3.0).sin()  # sin saves its input (w*3) although Python holds no reference to it
+        assert t.current_bytes == 3 * 4000
+        h.sum().backward()  # releases the saved tensor; w.grad appears
+        assert t.current_bytes == 3 * 4000  # w + h + w.grad
+        del h
+        assert t.current_bytes == 2 * 4000
+    assert t.peak_bytes >= 3 * 4000
+
+
+def test_step_peak_matches_measure_and_counts_state():
+    torch.manual_seed(0)
+    model = build_model("lenet300", seed=0)
+    spec = OptimizerSpec("sgd")
+    opt = spec.build(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    train_step(model, opt, x, y)  # creates momentum buffers
+    n_params = sum(p.numel() * 4 for p in model.parameters())
+    with PeakMemoryTracker(model=model, optimizer=opt, tensors=(x, y), record=True) as t:
+        train_step(model, opt, x, y)
+    assert t.peak_bytes >= 3 * n_params  # params + grads + momentum
+    assert sum(t.breakdown.values()) == t.peak_bytes
+    assert set(t.breakdown) == set(CATEGORIES)
+    assert t.breakdown["params"] == n_params and t.breakdown["optimizer_state"] == n_params
+    assert t.rss_bytes > 0
+    assert measure_training_memory(model, 8, (1, 28, 28), spec).peak_bytes == t.peak_bytes
+
+
+def test_reset_peak_restarts_from_current():
+    with PeakMemoryTracker() as t:
+        a = torch.empty(1000)
+        del a
+        t.reset_peak()
+        b = torch.empty(10)
+    assert t.peak_bytes == 40
+    del b
+
+
+def test_estimate_inside_a_tracker_does_not_pollute_it():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    with PeakMemoryTracker() as t:
+        est = estimate_training_memory(model, 64, (1, 28, 28), OptimizerSpec("adam"))
+    assert est.total_bytes > 100_000
+    assert t.peak_bytes < 1_000  # only Adam's CPU step counters of the meta copy
