@@ -1,7 +1,7 @@
 """Conversions between fedprune's plain dicts and Flower records (the only Flower-facing glue).
 
 Numbers go in ``MetricRecord``s, strings in ``ConfigRecord``s, tensors in ``ArrayRecord``s. Nested
-method state (``{"neq": {"velocity/conv1": array}}``) is flattened with ``/``.
+method state (``{"neq": {"vel/conv1": array}}``) is flattened with ``::`` (inner keys may hold ``/``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 ARRAYS, MASK, METRICS, INFO, CONFIG = "arrays", "mask", "metrics", "info", "config"
 NUM_EXAMPLES = "num-examples"
+SEP = "::"  # nesting separator of method state in records
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -56,7 +57,7 @@ def _flatten_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
     out: dict[str, Any] = {}
     for k, v in state.items():
         if isinstance(v, Mapping):
-            out.update(_flatten_state(v, f"{prefix}{k}/"))
+            out.update(_flatten_state(v, f"{prefix}{k}{SEP}"))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -81,7 +82,7 @@ def records_to_state(arrays: ArrayRecord | None, scalars: ConfigRecord | None) -
     out: dict[str, Any] = {}
     for key, value in flat.items():
         node = out
-        *parents, leaf = key.split("/")
+        *parents, leaf = key.split(SEP)
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value

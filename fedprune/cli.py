@@ -20,6 +20,13 @@ from fedprune.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text, read_
 EXIT_BAD_INPUT = 2
 
 
+def check_budgets(cfg: ExperimentConfig) -> None:
+    """Every client can train its smallest reachable model at batch 1 (``ConfigError`` if not)."""
+    from fedprune.feasibility import check_budgets as _check
+
+    _check(cfg)
+
+
 class UsageError(Exception):
     """Bad input detected by the CLI itself (message is one line)."""
 
@@ -99,6 +106,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else None
     if cfg is not None:
         check_data_available(cfg)
+        check_budgets(cfg)
     cfg, run_dir = prepare_run_dir(cfg or ExperimentConfig(), args.out, args.resume)
     check_data_available(cfg)
     spec = SimulationSpec(config_file=run_dir / CONFIG_FILE, out_dir=run_dir,
@@ -131,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     check_data_available(cfg)
+    check_budgets(cfg)
     out = Path(args.out or Path("results") / f"{cfg.run.name}-centralized").resolve()
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")

@@ -77,6 +77,9 @@ def taylor_scores(ctx, samples: int) -> dict[str, np.ndarray]:
 
     handles = [modules[m].register_forward_hook(hook(e)) for m, e in by_module.items()]
     was_training = ctx.model.training
+    flags = [(p, p.requires_grad) for p in ctx.model.parameters()]
+    for p, _ in flags:  # NEq may have switched gradients off; scores need every path
+        p.requires_grad_(True)
     ctx.model.eval()
     try:
         bs = max(1, int(ctx.eval_batch))
@@ -92,6 +95,8 @@ def taylor_scores(ctx, samples: int) -> dict[str, np.ndarray]:
     finally:
         for h in handles:
             h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
         ctx.model.train(was_training)
         state["first"], state["chunk"] = None, {}
     n = max(1, len(x))
