@@ -1,11 +1,19 @@
 """The Flower ClientApp: a thin adapter from Flower messages to ``fedprune.client_runtime``.
 
 In simulation, ``node_config`` carries ``partition-id``/``num-partitions``; on a real device
-(``flower-supernode --node-config``) the same keys select the data partition.
-The client's method state (NEq's equilibrium) lives in ``context.state`` between rounds.
+(``flower-supernode --node-config``) the same keys select the data partition, and ``budget-mb``
+(MB or ``"auto"``), ``reserve-mb`` and ``data-dir`` override the run config for that node
+(``fedprune.node``). The client's method state (NEq's equilibrium) lives in ``context.state``
+between rounds. Every reply also reports the process's resident memory (``rss_bytes``,
+``rss_peak_bytes``) beside the training-memory figures.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import socket
+import sys
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -14,19 +22,31 @@ from clients.records import (ARRAYS, INFO, MASK, METRICS, NUM_EXAMPLES, from_arr
                              records_to_state, split_metrics, state_to_records, to_array_record)
 from fedprune.client_runtime import get_runtime
 from fedprune.config import config_from_flat
+from fedprune.node import parse_node_config, process_memory
 
 STATE_ARRAYS, STATE_SCALARS = "method-state-arrays", "method-state-scalars"
 
 app = ClientApp()
 
 
+def where_it_ran() -> dict[str, Any]:
+    """The host, and in a Ray simulation the Ray node, that ran this client (for the report)."""
+    out: dict[str, Any] = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # only inside a simulation's Ray actor; never imported here
+    if ray is not None and ray.is_initialized():
+        out["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return out
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received compact model locally; reply compact tensors, mask and metrics."""
     cfg = config_from_flat(context.run_config)
-    pid = int(context.node_config["partition-id"])
-    num = int(context.node_config["num-partitions"])
-    runtime = get_runtime(cfg, pid, num)
+    node = parse_node_config(context.node_config)
+    if node.data_dir:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=node.data_dir))
+    runtime = get_runtime(cfg, node.partition_id, node.num_partitions,
+                          budget_spec=node.budget_spec(cfg.memory.reserve_mb))
     server_round = int(msg.content["config"]["server-round"])
     state = records_to_state(context.state.get(STATE_ARRAYS), context.state.get(STATE_SCALARS))
     reply = runtime.train_round(from_array_record(msg.content[ARRAYS]),
@@ -34,7 +54,9 @@ def train(msg: Message, context: Context) -> Message:
     arrays_rec, scalars_rec = state_to_records(reply.method_state or {})
     context.state[STATE_ARRAYS] = arrays_rec
     context.state[STATE_SCALARS] = scalars_rec
-    metrics, info = split_metrics({**reply.metrics, NUM_EXAMPLES: reply.num_examples})
+    metrics, info = split_metrics({**reply.metrics, NUM_EXAMPLES: reply.num_examples,
+                                   **process_memory(), "budget_source": node.budget_label,
+                                   **where_it_ran()})
     content = RecordDict({ARRAYS: to_array_record(reply.arrays), MASK: to_array_record(reply.mask),
                           METRICS: metrics, INFO: info})
     return Message(content=content, reply_to=msg)

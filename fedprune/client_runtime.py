@@ -82,11 +82,19 @@ class ClientRuntime:
                             seed=cfg.run.seed)
         self.graph = NeuronGraph.from_model(dense, example_input(info.channels, info.image_size))
         self.data = client_data(cfg, partition_id, num_partitions)
-        if budget_spec is None and methods is None:  # the client's device in the fleet decides both
+        if budget_spec is None or methods is None:  # the client's device in the fleet decides the rest
             from fedprune.fleet import client_profile
 
-            profile = client_profile(cfg, partition_id)
-            budget_spec, methods = profile.budget_spec, profile.methods
+            try:
+                profile = client_profile(cfg, partition_id)
+            except ValueError:  # a real device's partition outside the fleet, with its own budget
+                if budget_spec is None:
+                    raise
+                profile = None
+            if budget_spec is None:
+                budget_spec = profile.budget_spec
+            if methods is None:
+                methods = profile.methods if profile is not None else cfg.methods.names
         spec = budget_spec if budget_spec is not None else cfg.memory.schedule_spec()
         self.schedule = (make_budget_schedule(spec, seed=cfg.run.seed, client_id=partition_id)
                          if spec else None)
@@ -119,17 +127,25 @@ class ClientRuntime:
 
 
 @lru_cache(maxsize=4)
-def _runtime_cached(cfg_key: str, partition_id: int, num_partitions: int) -> ClientRuntime:
+def _runtime_cached(cfg_key: str, partition_id: int, num_partitions: int,
+                    budget_key: str = "null") -> ClientRuntime:
     from fedprune.config import config_from_dict
     import json
 
-    return ClientRuntime(config_from_dict(json.loads(cfg_key)), partition_id, num_partitions)
+    return ClientRuntime(config_from_dict(json.loads(cfg_key)), partition_id, num_partitions,
+                         budget_spec=json.loads(budget_key))
 
 
-def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -> ClientRuntime:
-    """A process-wide cached ``ClientRuntime`` (data and graph are built once per client)."""
+def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int,
+                budget_spec: dict[str, Any] | None = None) -> ClientRuntime:
+    """A process-wide cached ``ClientRuntime`` (data and graph are built once per client).
+
+    ``budget_spec`` overrides the budget the run config/fleet gives this partition (a real device's
+    ``budget-mb`` from its node config); ``None`` keeps the run config's.
+    """
     import json
 
     from fedprune.config import to_dict
 
-    return _runtime_cached(json.dumps(to_dict(cfg), sort_keys=True), partition_id, num_partitions)
+    return _runtime_cached(json.dumps(to_dict(cfg), sort_keys=True), partition_id, num_partitions,
+                           json.dumps(budget_spec, sort_keys=True))

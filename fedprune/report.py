@@ -341,6 +341,31 @@ def fleet_markdown(rec: RunRecord) -> str:
     return _md_table(("device", "clients", "budget kind", "budget level (MB)", "methods"), lines)
 
 
+def device_levels_markdown(records: Sequence[RunRecord]) -> str:
+    """Device x run-budget table of budget levels (MB), when runs differ in their budgets."""
+    from fedprune.fleet import client_devices
+
+    cols: dict[float, RunRecord] = {}
+    for r in records:
+        b = run_budget_mb(r)
+        if b is not None and r.config is not None:
+            cols.setdefault(round(b, 6), r)
+    if len(cols) < 2:
+        return ""
+    budgets = sorted(cols)
+    table: dict[str, dict[float, float | None]] = defaultdict(dict)
+    for b in budgets:
+        rec = cols[b]
+        try:
+            devices = client_devices(rec.config)
+        except Exception:  # noqa: BLE001
+            return ""
+        for dev, level in zip(devices, fleet_levels(rec)):
+            table[dev].setdefault(b, level)
+    header = ["device"] + [f"run budget {b:.3g} MB" for b in budgets]
+    return _md_table(header, [[dev] + [_fmt(per.get(b), "mb") for b in budgets] for dev, per in table.items()])
+
+
 def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Sequence[dict[str, Any]],
                     groups: Sequence[dict[str, Any]], figures: Sequence[str]) -> str:
     done = sum(1 for r in records if r.done)
@@ -348,7 +373,10 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
     parts = [f"# fedprune report: {src.name}", "",
              f"Source: `{src}` ({kind}); {len(records)} run(s), {done} finished. Accuracy is the final "
              f"simplified model's test accuracy in %; memory in MB (2^20 bytes); a run's budget is the mean "
-             f"budget level of its clients; ± is the standard deviation over seeds.", ""]
+             f"budget level of its clients; ± is the standard deviation over seeds. *mean util.*: measured "
+             f"peak / budget over client-rounds that trained; *did not fit*: client-rounds where not even "
+             f"min-batch fitted the budget (the client skipped the round); *violations*: measured steps "
+             f"whose peak exceeded the budget.", ""]
     if first is not None:
         c = first.config
         parts += [f"Setting: {c.data.dataset}, {c.model.name}, {c.fleet.num_clients} clients "
@@ -359,11 +387,15 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
         if fm:
             title = "Fleet (first run" + (", budgets scale with the grid" if len(records) > 1 else "") + ")"
             parts += [f"## {title}", "", fm, ""]
+        levels = device_levels_markdown(records)
+        if levels:
+            parts += ["Budget level per device (MB) at each run budget (mean over the fleet):", "",
+                      levels, ""]
     if groups:
         keys = group_key_fields(records)
         header = ["method", "budget (MB)"] + [k for k in keys if k not in ("methods.enabled",)] + [
             "seeds", "accuracy (%)", "final params", "compression", "mean util. (%)", "mean batch",
-            "bprop FLOPs saved (%)", "violations"]
+            "bprop FLOPs saved (%)", "did not fit", "violations"]
         lines = []
         for g in groups:
             lines.append([g["method"], _fmt(g.get("budget_mb"), "mb")]
@@ -371,7 +403,7 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
                          + [str(g["n"]), _pm(g, "final_accuracy", "pct"), _pm(g, "final_params", "int"),
                             _pm(g, "compression", "x"), _pm(g, "mean_utilization", "pct"),
                             _pm(g, "mean_batch", "mb"), _pm(g, "mean_bprop_flops_saved", "pct"),
-                            _pm(g, "budget_violations", "")])
+                            _pm(g, "does_not_fit", ""), _pm(g, "budget_violations", "")])
         parts += ["## Results (mean over seeds)", "", _md_table(header, lines), ""]
     header = ["run", "status", "method", "seed", "budget (MB)", "accuracy (%)", "final params",
               "compression", "final FLOPs", "upload (MB)", "violations", "wall (s)"]

@@ -11,9 +11,10 @@ memory freed by removed neurons is reinvested at once (DynHP's dynamic batch siz
 rate follows ``cfg.lr_scaling`` relative to ``cfg.batch_size`` (the batch ``cfg.lr`` is tuned for).
 If not even ``cfg.min_batch`` fits, nothing is trained and the result says ``does_not_fit = 1``.
 
-Memory. The first step after every change of structure, batch size or frozen set (and every
-``cfg.measure_every`` steps if > 0) runs under ``PeakMemoryTracker``; steps in between have the same
-shapes, hence the same peak. A measured peak above the budget is a *violation*: it is recorded and
+Memory. One step after every change of structure, batch size or frozen set (and every
+``cfg.measure_every`` steps if > 0) runs under ``PeakMemoryTracker``: the second step after an
+optimizer rebuild, so that its state (momentum) is live, as in every later step. Steps in between
+have the same shapes, hence the same peak. A measured peak above the budget is a *violation*: it is recorded and
 the batch is shrunk proportionally before the next step. Tensors that methods keep between steps
 (LOBSTER/SeReNe weight masks) are counted in both the prediction and the measurement.
 
@@ -259,6 +260,7 @@ class _Trainer:
         self._dense_costs = None
         self._ref_flops = 0
         self.out_of_memory = False
+        self._fresh_optimizer = True
 
     # -- memory / batch -------------------------------------------------------------------
     def _extra_bytes(self) -> int:
@@ -323,6 +325,7 @@ class _Trainer:
         ctx = self.ctx
         lr = scale_lr(ctx.cfg.lr, ctx.batch_size, ctx.cfg.batch_size, ctx.cfg.lr_scaling)
         ctx.optimizer = ctx.cfg.optimizer.build(ctx.model.parameters(), lr)
+        self._fresh_optimizer = True  # its state appears in the first step: measure the second
 
     # -- structure ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -443,8 +446,8 @@ class _Trainer:
                 if b < 2 and pos > 0:  # a trailing batch of one (BatchNorm cannot train on it)
                     break
                 idx = perm[pos: pos + b]
-                measure = ctx.need_measure or (ctx.cfg.measure_every > 0
-                                               and self.stats["steps"] % ctx.cfg.measure_every == 0)
+                measure = (ctx.need_measure and not self._fresh_optimizer) or (
+                    ctx.cfg.measure_every > 0 and self.stats["steps"] % ctx.cfg.measure_every == 0)
 
                 def run_step(bb: int, idx=idx, measure=measure):
                     xb, yb = ctx.train_x[idx[:bb]].to(dev), ctx.train_y[idx[:bb]].to(dev)
@@ -461,6 +464,7 @@ class _Trainer:
                     self.set_batch(used)
                     b = used
                 loss, corr = result
+                self._fresh_optimizer = False
                 self.account(b)
                 loss_sum += loss * b
                 correct += corr

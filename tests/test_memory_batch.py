@@ -25,7 +25,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=300 * MIB), min_size=2, max_size=8))
 def test_max_batch_is_monotone_in_budget_and_fits(budgets):
     budgets = sorted(budgets)

@@ -1,7 +1,10 @@
 """estimate_training_memory: agrees with measure_training_memory, is exact in B, leaves the model alone."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedprune.memory import CATEGORIES, OptimizerSpec, clear_cache, estimate_training_memory, \
@@ -132,3 +135,70 @@ def test_validation():
         OptimizerSpec("rmsprop")
     with pytest.raises(ValueError, match="momentum"):
         OptimizerSpec("sgd", momentum=1.5)
+
+
+@dataclass(frozen=True)
+class _SensitivityStep:
+    """A custom step (extra backward pass, like SeReNe's): hashable, so it is cached."""
+
+    def __call__(self, model, optimizer, x, y):
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        torch.autograd.grad(out.sum(), next(model.parameters()), retain_graph=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+
+def test_custom_step_fn_is_estimated_exactly():
+    model = build_model("lenet5", seed=0)
+    step = _SensitivityStep()
+    mm = memory_model(model, SHAPE, "sgd", step_fn=step)
+    assert mm is memory_model(model, SHAPE, "sgd", step_fn=_SensitivityStep()) and mm.method == "affine"
+    est = estimate_training_memory(model, 16, SHAPE, "sgd", step_fn=step)
+    meas = measure_training_memory(model, 16, SHAPE, "sgd", step_fn=step)
+    assert est.total_bytes == meas.peak_bytes
+    assert est.total_bytes >= estimate_training_memory(model, 16, SHAPE, "sgd").total_bytes
+
+
+def test_fully_frozen_model_is_rejected_clearly():
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        estimate_training_memory(build_model("lenet5"), 4, SHAPE, trainable=set())
+
+
+@dataclass(frozen=True)
+class _QuadraticStep:
+    """Allocates a B x B matrix: not affine in B, which the third probe must catch."""
+
+    def __call__(self, model, optimizer, x, y):
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        sim = out @ out.t()  # (B, B)
+        loss = F.cross_entropy(out, y) + sim.mean()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+
+def test_non_affine_custom_step_falls_back_to_direct_simulation():
+    model = build_model("lenet300", seed=0)
+    mm = memory_model(model, SHAPE, "sgd", step_fn=_QuadraticStep(), cache=False)
+    assert mm.method == "direct"
+    b = 300
+    est = mm.estimate(b)
+    assert est.total_bytes == measure_training_memory(model, b, SHAPE, "sgd", step_fn=_QuadraticStep()).peak_bytes
+    limit = mm.peak_bytes(200)
+    assert mm.max_batch(limit, 1, 1024) == 200
+
+
+def test_works_inside_no_grad_and_inference_mode():
+    model = build_model("lenet5", seed=0)
+    ref = estimate_training_memory(model, 8, SHAPE, "adam").total_bytes
+    clear_cache()
+    with torch.no_grad():
+        assert estimate_training_memory(model, 8, SHAPE, "adam").total_bytes == ref
+    clear_cache()
+    with torch.inference_mode():
+        assert estimate_training_memory(model, 8, SHAPE, "adam").total_bytes == ref
+        assert measure_training_memory(model, 8, SHAPE, "adam").peak_bytes == ref

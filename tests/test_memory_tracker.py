@@ -99,3 +99,43 @@ def test_estimate_inside_a_tracker_does_not_pollute_it():
         est = estimate_training_memory(model, 64, (1, 28, 28), OptimizerSpec("adam"))
     assert est.total_bytes > 100_000
     assert t.peak_bytes < 1_000  # only Adam's CPU step counters of the meta copy
+
+
+def test_track_validates_arguments():
+    t = PeakMemoryTracker()
+    with pytest.raises(TypeError, match="cannot track"):
+        t.track("not a tensor")
+    with pytest.raises(ValueError, match="unknown tag"):
+        t.track(torch.empty(1), tag="weights")
+    later = torch.empty(100)
+    with t:
+        t.track(later)
+        assert t.baseline_bytes == 400
+    assert t.peak_bytes == 400
+
+
+def test_after_a_step_only_the_persistent_state_is_live():
+    """Frees are followed exactly: after the step only params, grads, state and the batch remain."""
+    model = build_model("resnet8", seed=0)
+    opt = OptimizerSpec("adam").build(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    train_step(model, opt, x, y)
+    with PeakMemoryTracker(model=model, optimizer=opt, tensors=(x, y)) as t:
+        train_step(model, opt, x, y)
+        live = sum(p.numel() * 4 * 2 for p in model.parameters())  # params + grads
+        live += sum(b.numel() * b.element_size() for b in model.buffers())
+        live += sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values())
+        live += x.numel() * 4 + y.numel() * 8
+        assert t.current_bytes == live
+    assert t.peak_bytes > live
+
+
+def test_named_state_is_read_at_entry_not_at_construction():
+    model = nn.Linear(100, 10)
+    opt = OptimizerSpec("adam").build(model.parameters(), lr=1e-3)
+    t = PeakMemoryTracker(model=model, optimizer=opt)  # optimizer state does not exist yet
+    train_step(model, opt, torch.randn(4, 100), torch.zeros(4, dtype=torch.long))
+    with t:
+        pass
+    params = 1010 * 4
+    assert t.baseline_bytes == params * 4 + 2 * 4  # params, grads, exp_avg, exp_avg_sq + step counters

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedprune.models import build_model, example_input
-from fedprune.surgery import (NeuronGraph, NeuronMask, count_flops, count_params, export_onnx,
+from fedprune.surgery import (FoldedConv2d, NeuronGraph, NeuronMask, count_flops, count_params, export_onnx,
                               format_neurons, load_model, model_bytes, neurons_per_layer,
                               save_model, simplify)
 from fedprune.surgery.testing import outputs_close, randomize_constants
@@ -83,6 +83,7 @@ def test_onnx_export_matches_torch(tmp_path, name):
     model, g = setup(name)
     small, _, _ = simplify(g.zero_pruned(model, NeuronMask.random(g, 0.5, rng=4)),
                            example_input(), graph=g)
+    assert any(isinstance(m, FoldedConv2d) for m in small.modules()) == (name == "resnet8")
     x = example_input(batch_size=2)
     path = export_onnx(small, x, tmp_path / f"{name}.onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -9,6 +9,9 @@ two event sequences each event ``i`` has live bytes ``a_i + b_i * B`` and
 
     peak(B) = max_i (a_i + b_i * B)        (exact, for every B)
 
+(A custom ``step_fn`` gets a third probe that verifies the lines; if the runs do
+not align or the check fails, every batch size is simulated on demand instead.)
+
 The dominated events are dropped, the rest is cached per structure (parameter
 and buffer shapes, module types, trainable set, input shape, optimizer, device),
 so re-estimating or sizing a batch after a pruning event costs two symbolic
@@ -37,6 +40,7 @@ from fedprune.memory.tracker import CATEGORIES, StorageTracker, _op_name, iter_m
     iter_optimizer_tensors
 
 _PROBE_BATCHES = (2, 4)  # batch sizes of the two symbolic runs (B=1 can trip BatchNorm checks)
+_VERIFY_BATCH = 7  # third probe, only for custom step functions
 _CACHE_SIZE = 128
 FAST_META = True  # use fastmeta shortcuts in the symbolic step (False: PyTorch's own meta kernels)
 
@@ -156,6 +160,8 @@ class TrainingMemoryModel:
 # symbolic execution on meta
 
 
+@torch.inference_mode(False)  # callers may be in no_grad / inference mode
+@torch.enable_grad()
 def _simulate(meta_model: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
               input_shape: tuple[int, ...], input_dtype: torch.dtype, step_fn: StepFn,
               granularity: int, devices: tuple[str, ...]) -> _Trace:
@@ -183,13 +189,7 @@ def _simulate(meta_model: nn.Module, optimizer: torch.optim.Optimizer, batch_siz
 
 def _phases_of(tracker: StorageTracker) -> list[str]:
     """Phase (setup/forward/backward/step) of each allocation event, in event order."""
-    out: list[str] = []
-    for entry in tracker.log:
-        if entry[0] == "a":
-            out.append(tracker.phase_of.get(entry[1], "setup"))
-        elif entry[0] == "r":
-            out.append(tracker.phase_of.get(entry[1], "setup"))
-    return out
+    return [tracker.phase_of.get(entry[1], "setup") for entry in tracker.log if entry[0] in ("a", "r")]
 
 
 def _pareto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -219,6 +219,8 @@ def _fit_affine(t1: _Trace, t2: _Trace, b1: int, b2: int) -> tuple[np.ndarray, n
     return intercepts, slopes
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def _build_model(model: nn.Module, input_shape: tuple[int, ...], spec: OptimizerSpec, trainable: Trainable,
                  device: str, step_fn: StepFn, input_dtype: torch.dtype) -> TrainingMemoryModel:
     cuda = torch.device(device).type == "cuda"
@@ -249,6 +251,13 @@ def _build_model(model: nn.Module, input_shape: tuple[int, ...], spec: Optimizer
                            f"device ({type(exc).__name__}: {exc}); is the model free of data-dependent "
                            f"ops (.item(), .cpu()) in forward?") from exc
     fit = _fit_affine(t1, t2, b1, b2)
+    if fit is not None and step_fn is not train_step:
+        # a custom step could allocate non-affinely in B (e.g. a B x B similarity matrix), which
+        # two probes cannot reveal: check the fitted lines against a third probe
+        t3 = run(_VERIFY_BATCH)
+        if t3.rows.shape != fit[0].shape or t3.ops != t1.ops or \
+                not np.array_equal(fit[0] + fit[1] * _VERIFY_BATCH, t3.rows):
+            fit = None
     dev = torch.device(device).type
     if fit is None:
         empty = np.zeros((0, len(CATEGORIES)), dtype=np.int64)

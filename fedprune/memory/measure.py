@@ -80,7 +80,7 @@ def measure_training_memory(model: nn.Module, batch_size: int, input_shape: tupl
     dev = torch.device(device)
     shape = tuple(int(s) for s in input_shape)
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
+    with torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), torch.enable_grad():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         work = clean_copy(model, dev, trainable)

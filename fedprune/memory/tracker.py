@@ -249,6 +249,19 @@ class StorageTracker(TorchDispatchMode):
         return tags
 
 
+def _expand(objs: list[tuple[Any, str]]) -> list[tuple[str, torch.Tensor]]:
+    """``(category, tensor)`` pairs for modules, optimizers and tagged tensors, as they are now."""
+    pairs: list[tuple[str, torch.Tensor]] = []
+    for obj, tag in objs:
+        if isinstance(obj, nn.Module):
+            pairs += list(iter_module_tensors(obj))
+        elif isinstance(obj, torch.optim.Optimizer):
+            pairs += list(iter_optimizer_tensors(obj))
+        else:
+            pairs.append((tag, obj))
+    return pairs
+
+
 def _op_name(op: Any) -> str:
     if isinstance(op, str):
         return op
@@ -279,11 +292,13 @@ class PeakMemoryTracker:
     def __init__(self, device: str | torch.device = "cpu", *, model: nn.Module | None = None,
                  optimizer: torch.optim.Optimizer | None = None, tensors: Iterable[torch.Tensor] = (),
                  record: bool = False):
-        self.device = torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+            dev = torch.device("cuda", torch.cuda.current_device())  # "cuda" == "cuda:N" for matching
+        self.device = dev
         self.record = record
         self._model = model
         self._optimizer = optimizer
-        self._pending: list[tuple[str, torch.Tensor]] = []
         self._impl: StorageTracker | None = None
         self._cuda_entry = 0
         self._cuda_seen: set[int] = set()
@@ -293,31 +308,25 @@ class PeakMemoryTracker:
         self.rss_bytes = 0
         self.breakdown: dict[str, int] | None = None
         self.peak_op: str | None = None
+        self._pending_objs: list[tuple[Any, str]] = []  # expanded at entry: state as it is then
         if model is not None:
-            self._pending += list(iter_module_tensors(model))
+            self._pending_objs.append((model, "input_batch"))
         if optimizer is not None:
-            self._pending += list(iter_optimizer_tensors(optimizer))
-        self._pending += [("input_batch", t) for t in tensors]
+            self._pending_objs.append((optimizer, "input_batch"))
+        self._pending_objs += [(t, "input_batch") for t in tensors]
 
     # -- registration ------------------------------------------------------------------------
     def track(self, *objs: Any, tag: str = "input_batch") -> "PeakMemoryTracker":
         """Also count these pre-existing modules, optimizers or tensors (tensors get ``tag``)."""
         if tag not in _CAT_INDEX:
             raise ValueError(f"unknown tag {tag!r}; expected one of {', '.join(CATEGORIES)}")
-        pairs: list[tuple[str, torch.Tensor]] = []
         for obj in objs:
-            if isinstance(obj, nn.Module):
-                pairs += list(iter_module_tensors(obj))
-            elif isinstance(obj, torch.optim.Optimizer):
-                pairs += list(iter_optimizer_tensors(obj))
-            elif isinstance(obj, torch.Tensor):
-                pairs.append((tag, obj))
-            else:
+            if not isinstance(obj, (nn.Module, torch.optim.Optimizer, torch.Tensor)):
                 raise TypeError(f"cannot track {type(obj).__name__}; pass modules, optimizers or tensors")
         if self._active:
-            self._register(pairs)
+            self._register(_expand([(obj, tag) for obj in objs]))
         else:
-            self._pending += pairs
+            self._pending_objs += [(obj, tag) for obj in objs]
         return self
 
     def _register(self, pairs: list[tuple[str, torch.Tensor]]) -> None:
@@ -366,12 +375,12 @@ class PeakMemoryTracker:
             torch.cuda.synchronize(self.device)
             self._cuda_entry = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._register(self._pending)
+            self._register(_expand(self._pending_objs))
         else:
             self._impl = StorageTracker(self.device.type, record=self.record)  # counts one device type
-            self._register(self._pending)
+            self._register(_expand(self._pending_objs))
             self._impl.__enter__()
-        self._pending = []
+        self._pending_objs = []
         return self
 
     def __exit__(self, *exc: Any) -> None:

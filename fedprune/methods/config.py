@@ -38,7 +38,9 @@ class DynHPConfig:
     ``end_progress``; pruning events happen ``prunes_per_epoch`` times per local epoch. Neurons are
     ranked by ``score``: ``"taylor"`` (|mean activation x dLoss/dactivation| on ``score_samples``
     validation samples, layer-normalised) or ``"l2"`` (norm of the neuron's parameters, layer-
-    normalised). ``min_neurons`` neurons of every group always stay.
+    normalised). ``allocation``: ``"uniform"`` (every group keeps the same fraction of its neurons,
+    the best-scored ones; shrinks activations, hence memory) or ``"global"`` (one ranking over all
+    groups). ``min_neurons`` neurons of every group always stay.
     """
 
     target_compression: float = 0.8
@@ -48,6 +50,7 @@ class DynHPConfig:
     prunes_per_epoch: int = 2
     score: str = "taylor"
     score_samples: int = 512
+    allocation: str = "uniform"
     min_neurons: int = 2
 
     def validate(self) -> "DynHPConfig":
@@ -61,6 +64,7 @@ class DynHPConfig:
                f"must be in (start_progress={self.start_progress}, 1]")
         _check(self.prunes_per_epoch >= 1, m, "prunes_per_epoch", self.prunes_per_epoch, "must be >= 1")
         _choice(m, "score", self.score, ("taylor", "l2"))
+        _choice(m, "allocation", self.allocation, ("uniform", "global"))
         _check(self.score_samples >= 1, m, "score_samples", self.score_samples, "must be >= 1")
         _check(self.min_neurons >= 1, m, "min_neurons", self.min_neurons, "must be >= 1")
         return self

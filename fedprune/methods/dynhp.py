@@ -13,10 +13,14 @@ a_n * dL/da_n|`` (Molchanov et al., 2017), then divided by the L2 norm of the gr
 that layers of different scale compete in one global ranking. ``l2``: the L2 norm of the neuron's
 parameter slices, normalised the same way (free, but blind to the data).
 
-Selection. Alive neurons are taken in increasing score order (skipping any that would leave a
-group with fewer than ``min_neurons``) until the compact model's parameter count is at or below
-the schedule's target: the smallest such prefix, found by bisection on exact parameter counts of
-the candidate compact models. The mask is returned to the trainer, which removes the neurons with
+Selection (``allocation``). ``uniform`` (default): every group keeps the same fraction ``k`` of its
+dense size, its best-scored neurons, with ``k`` the largest value (bisection on exact parameter
+counts of the candidate compact models) meeting the schedule's parameter target. Shrinking every
+layer shrinks the activations too, which dominate training memory in conv nets: a global ranking
+prunes the cheap-to-keep, parameter-heavy fully connected neurons first and leaves the first
+convolutions (and most of the memory) intact. ``global``: alive neurons in increasing normalised
+score order (never leaving a group with fewer than ``min_neurons``), the smallest prefix meeting
+the target. The mask is returned to the trainer, which removes the neurons with
 ``graph.prune`` (memory is freed at once) and recomputes the batch size for the budget.
 """
 
@@ -156,8 +160,6 @@ class DynHP(Method):
 
     def prune_now(self, ctx):
         """One pruning event at the current progress; returns the new mask or None."""
-        from fedprune.surgery import NeuronMask
-
         target = self.target_params(ctx.progress)
         current = count_params_for(ctx.graph, ctx.mask)
         if current <= target:
@@ -166,7 +168,58 @@ class DynHP(Method):
             raw = taylor_scores(ctx, self.cfg.score_samples)
         else:
             raw = {g: site_norms(s) for g, s in ctx.sites.items()}
-        scores = normalize_scores(raw)
+        if self.cfg.allocation == "uniform":
+            new = self._uniform(ctx, raw, target)
+        else:
+            new = self._global(ctx, normalize_scores(raw), target)
+        if new is None:
+            return None
+        self.events += 1
+        self.removed += ctx.mask.num_alive() - new.num_alive()
+        return new
+
+    def _mask(self, ctx, drop: dict[str, np.ndarray]):
+        """The current mask without the alive-local indices ``drop[g]`` of each group."""
+        from fedprune.surgery import NeuronMask
+
+        arrays = ctx.mask.to_arrays()
+        for g, local in drop.items():
+            arrays[g][ctx.sites[g].alive[np.asarray(local, dtype=np.int64)]] = False
+        return NeuronMask.from_arrays(ctx.graph, arrays)
+
+    def _uniform(self, ctx, raw: dict[str, np.ndarray], target: int):
+        """Every group keeps the same fraction ``k`` of its dense size (its best-scored neurons).
+
+        ``k`` is the largest value (bisection) whose compact model has at most ``target`` params.
+        """
+        order = {g: np.argsort(np.asarray(raw[g]), kind="stable") for g in ctx.sites}  # worst first
+
+        def drop_for(k: float) -> dict[str, np.ndarray]:
+            drop = {}
+            for g, site in ctx.sites.items():
+                keep = max(min(self.cfg.min_neurons, len(site.alive)), int(np.ceil(k * site.dense_size)))
+                n_drop = max(0, len(site.alive) - keep)
+                drop[g] = order[g][:n_drop]
+            return drop
+
+        lo, hi = 0.0, 1.0  # invariant: params at k = lo meet the target
+        if count_params_for(ctx.graph, self._mask(ctx, drop_for(0.0))) > target:
+            k = 0.0  # even the minimum does not reach the target: go to the minimum
+        else:
+            for _ in range(20):
+                mid = 0.5 * (lo + hi)
+                if count_params_for(ctx.graph, self._mask(ctx, drop_for(mid))) <= target:
+                    lo = mid
+                else:
+                    hi = mid
+            k = lo
+        drop = drop_for(k)
+        if not any(len(v) for v in drop.values()):
+            return None
+        return self._mask(ctx, drop)
+
+    def _global(self, ctx, scores: dict[str, np.ndarray], target: int):
+        """Remove neurons in increasing normalised score until the params target is met."""
         order = sorted(((float(v), g, i) for g, s in scores.items() for i, v in enumerate(s)),
                        key=lambda t: (t[0], t[1], t[2]))
         left = {g: len(s.alive) for g, s in ctx.sites.items()}
@@ -178,13 +231,12 @@ class DynHP(Method):
                 removable.append((g, i))
         if not removable:
             return None
-        base = ctx.mask.to_arrays()
 
         def mask_for(k: int):
-            arrays = {g: a.copy() for g, a in base.items()}
+            drop: dict[str, list[int]] = {}
             for g, i in removable[:k]:
-                arrays[g][ctx.sites[g].alive[i]] = False
-            return NeuronMask.from_arrays(ctx.graph, arrays)
+                drop.setdefault(g, []).append(i)
+            return self._mask(ctx, drop)
 
         lo, hi = 1, len(removable)
         if count_params_for(ctx.graph, mask_for(hi)) > target:
@@ -195,8 +247,6 @@ class DynHP(Method):
                 hi = mid
             else:
                 lo = mid + 1
-        self.events += 1
-        self.removed += lo
         return mask_for(lo)
 
     def metrics(self, ctx) -> dict[str, Any]:

@@ -277,10 +277,10 @@ class NEq(Method):
                 for k, v in st.items():
                     if not isinstance(v, torch.Tensor) or v.shape != param.shape:
                         continue
-                    if k in MOMENTUM_KEYS:
-                        v.index_fill_(dim, idx, 0.0)
-                    elif k in keep:
+                    if k in keep:
                         v.index_copy_(dim, idx, keep[k])
+                    else:  # momentum, or state the optimizer created in this very step
+                        v.index_fill_(dim, idx, 0.0)
         self._saved = []
 
     def metrics(self, ctx) -> dict[str, Any]:

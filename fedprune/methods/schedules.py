@@ -84,7 +84,7 @@ def search_threshold(magnitudes_sorted, loss_at: Callable[[float], float], base_
     ``magnitudes_sorted`` is an ascending 1-D array of the magnitudes still prunable; ``loss_at(T)``
     returns the validation loss with every prunable weight ``|w| < T`` zeroed (the caller undoes it).
     Bisection over the pruned *fraction* ``q`` (``T`` = the q-quantile), assuming the loss grows with
-    ``q``. Returns ``(threshold, fraction, loss)``; ``(0.0, 0.0, base_loss)`` when even the smallest
+    ``q``. Returns ``(threshold, fraction of magnitudes below it, loss)``; ``(0.0, 0.0, base_loss)`` when even the smallest
     step exceeds the tolerance. Guarantee: the returned threshold satisfied
     ``loss <= base_loss * (1 + twt)`` when it was evaluated.
     """
@@ -93,21 +93,21 @@ def search_threshold(magnitudes_sorted, loss_at: Callable[[float], float], base_
         return 0.0, 0.0, base_loss
     bound = base_loss * (1.0 + twt)
 
-    def thr(q: float) -> float:
+    def thr(q: float) -> tuple[float, int]:
         k = min(n - 1, int(q * n))
-        return float(magnitudes_sorted[k]) if k > 0 else 0.0
+        return (float(magnitudes_sorted[k]), k) if k > 0 else (0.0, 0)
 
     best = (0.0, 0.0, base_loss)
     lo, hi = 0.0, 1.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        t = thr(mid)
+        t, k = thr(mid)
         if t <= 0.0:
             lo = mid
             continue
         loss = loss_at(t)
         if loss <= bound:
-            best = (t, mid, loss)
+            best = (t, k / n, loss)
             lo = mid
         else:
             hi = mid

@@ -31,6 +31,7 @@ from torch import nn
 
 from .errors import FoldWarning
 from .modules import FoldedConv2d, needs_border_fold
+from .sinks import Sink
 
 REL_TOL = 1e-6
 
@@ -71,9 +72,6 @@ def probe_constants(model: nn.Module, removed_inputs: Mapping[str, np.ndarray],
         for h in hooks:
             h.remove()
     return found
-
-
-Sink = tuple[str, list[tuple[str, np.ndarray]]]
 
 
 def fold_into_consumers(model: nn.Module, removed_inputs: Mapping[str, np.ndarray],

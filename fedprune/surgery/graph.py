@@ -37,6 +37,7 @@ from .groups import LayerRole, NeuronGroup
 from .mask import NeuronMask
 from .modules import FoldedConv2d, resize_layers
 from .plan import IndexPlan, split_key
+from .sinks import FoldSinks
 from .testing import randomize_constants
 from .trace import TraceResult, trace_groups
 
@@ -75,7 +76,9 @@ class NeuronGraph:
             k: tuple(v.shape) for k, v in template.state_dict().items()}
         self._plan = IndexPlan(trace.groups, _axis_lengths(template))
         self._groups = {g.name: g for g in trace.groups}
-        self._sinks, self.extra_keys = self._fold_sinks(template)
+        consumers = [n for n, axes in self._plan.layers.items() if axes.inp is not None]
+        self._sinks = FoldSinks(consumers, template, trace)
+        self.extra_keys: tuple[str, ...] = self._sinks.extra_keys
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -101,72 +104,6 @@ class NeuronGraph:
         if verify:
             graph = graph._verified(model)
         return graph
-
-    def _fold_sinks(self, model: nn.Module) -> tuple[dict, tuple[str, ...]]:
-        """Where each consumer puts folded constants, and keys of biases compact models add.
-
-        ``sinks[layer]`` is ``("bias", [])``, ``("extra", [])`` or ``("bn", [(bn, map)])``
-        with ``map[o]`` the dense BatchNorm position of the layer's dense output ``o``
-        (``None``: the BatchNorm directly follows the layer, same positions).
-        """
-        sinks, extra = {}, []
-        for name, axes in self._plan.layers.items():
-            if axes.inp is None:
-                continue
-            maps = self._bn_maps(name)
-            if model.get_submodule(name).bias is not None:
-                sinks[name] = ("bias", [])
-            elif maps is not None:
-                sinks[name] = ("bn", maps)
-            else:
-                sinks[name] = ("extra", [])
-                extra.append(f"{name}.bias")
-        return sinks, tuple(extra)
-
-    def _bn_maps(self, layer: str) -> list[tuple[str, np.ndarray | None]] | None:
-        """Per BatchNorm absorbing ``layer``'s output shift: the dense channel map, or None."""
-        bns = self._trace.shift_bns.get(layer)
-        if bns is None:
-            return None
-        if bns == [self._trace.next_bn.get(layer)]:
-            return [(bns[0], None)]
-        group = next((g for g in self.groups if layer in g.producers), None)
-        if group is None:
-            return None
-        out = next(r for r in group.layers if r.module == layer and r.is_producer)
-        maps = []
-        for bn in bns:
-            role = next((r for r in group.layers if r.module == bn and r.role == "norm"), None)
-            if role is None:
-                return None
-            pos_of_neuron = np.full(group.size, -1)
-            pos_of_neuron[role.neuron] = role.index
-            dense_map = np.full(int(out.index.max()) + 1, -1)
-            dense_map[out.index] = pos_of_neuron[out.neuron]
-            if (dense_map < 0).any():
-                return None
-            maps.append((bn, dense_map))
-        return maps
-
-    def _resolved_sinks(self, current: NeuronMask) -> dict:
-        """Static sinks with BatchNorm positions in the coordinates of a ``current``-shaped model."""
-        alive = self._plan.alive(current)
-        resolved = {}
-        for layer, (kind, maps) in self._sinks.items():
-            if kind != "bn":
-                resolved[layer] = (kind, maps)
-                continue
-            targets = []
-            for bn, dense_map in maps:
-                if dense_map is None:  # same channels as the layer's output
-                    n = (int(alive[(layer, "out")].sum()) if (layer, "out") in alive
-                         else self.dense_shapes[f"{layer}.weight"][0])
-                    targets.append((bn, np.arange(n)))
-                    continue
-                rank = np.cumsum(alive[(bn, "out")]) - 1
-                targets.append((bn, rank[dense_map[np.flatnonzero(alive[(layer, "out")])]]))
-            resolved[layer] = ("bn", targets)
-        return resolved
 
     def _verified(self, model: nn.Module) -> "NeuronGraph":
         """Self-check on a perturbed copy; drop groups whose constants cannot be folded."""
@@ -358,6 +295,16 @@ class NeuronGraph:
             out[key] = self._plan.expand_tensor(key, t.detach(), shape, alive)
         return out
 
+    def compact_shapes(self, mask: NeuronMask) -> dict[str, tuple[int, ...]]:
+        """Per key, the tensor shape of a compact model for ``mask`` (cheap; no module built)."""
+        self._check_mask(mask, "mask")
+        alive = self._plan.alive(mask)
+        shapes = {k: self._plan.compact_shape(k, s, alive) for k, s in self.dense_shapes.items()}
+        for key in self.extra_keys:
+            module, _ = split_key(key)
+            shapes[key] = shapes[f"{module}.weight"][:1]
+        return shapes
+
     def coordinate_masks(self, mask: NeuronMask) -> dict[str, np.ndarray]:
         """Per dense key, a boolean array of the dense shape: ``True`` where alive."""
         self._check_mask(mask, "mask")
@@ -406,7 +353,7 @@ class NeuronGraph:
         """Zero, fold and cut: the compact copy for ``target`` and any inexact folds."""
         work = self._prepare(model, current, target)
         inexact = fold_into_consumers(work, self._removed_inputs(current, target),
-                                      self._probe(work), self._resolved_sinks(current))
+                                      self._probe(work), self._sinks.resolve(self._plan.alive(current)))
         resize_layers(work, self._plan, self._plan.keep(current, target))
         self._add_extra_biases(work)
         return work, inexact

@@ -12,6 +12,9 @@ weights weighted by their constants) recomputes that correction for any input si
 ``fold_kernel`` is a *non-persistent* buffer: it is kept by ``copy.deepcopy``,
 ``torch.save(module)``, ONNX export and further pruning, but it is not part of
 ``state_dict()`` (so compact and dense state dicts keep the same keys).
+
+The border term depends only on the input's spatial size, so eager calls cache it
+(keyed by size, dtype, device and the buffer's version); tracing/export recompute it.
 """
 
 from __future__ import annotations
@@ -49,8 +52,26 @@ class FoldedConv2d(nn.Conv2d):
         term = full - k.sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
         return term if x.dim() == 4 else term[0]
 
+    def _cached_border_term(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return self.border_term(x)
+        k = self.fold_kernel
+        key = (tuple(x.shape[-2:]), x.dim(), x.dtype, x.device, k.data_ptr(), k._version,
+               torch.is_inference_mode_enabled())
+        cached = self.__dict__.get("_border_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.border_term(x))
+            self.__dict__["_border_cache"] = cached
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.border_term(x)
+        return super().forward(x) + self._cached_border_term(x)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_border_cache", None)  # derived data: never pickled or deep-copied
+        return state
 
 
 def needs_border_fold(conv: nn.Conv2d) -> bool:

@@ -48,6 +48,11 @@ CHANNELWISE_OPS = frozenset({
     "CloneBackward", "AliasBackward", "ToCopyBackward",
 })
 REDUCTIONS = frozenset({"MeanBackward", "SumBackward", "AmaxBackward"})
+# Ops with op(x + d) == op(x) + d for a per-channel constant d (a conv's folded bias can
+# travel through them to a BatchNorm's running_mean).
+SHIFT_EQUIVARIANT_OPS = frozenset({
+    "AddBackward", "MaxPool2DWithIndicesBackward", "AdaptiveAvgPool2DBackward",
+    "AdaptiveMaxPool2DBackward", "CloneBackward", "AliasBackward"})
 
 
 @dataclass
@@ -82,7 +87,7 @@ def _classify(DG, node, name: str | None) -> tuple[str | None, str | None]:
     """``(kind, reason)`` for one node of a group: kind for parameter layers, reason if unsupported."""
     m, t = node.module, node.type
     if t == OPTYPE.CONV:
-        if type(m) is not nn.Conv2d and not isinstance(m, nn.Conv2d):
+        if not isinstance(m, nn.Conv2d):
             return None, f"{type(m).__name__} {name}"
         if m.transposed or m.groups != 1:
             return None, f"grouped conv {name} (groups={m.groups})"
@@ -155,11 +160,6 @@ def _renumber(items: list[tuple], name: str, size: int) -> list[tuple]:
     return items
 
 
-SHIFT_EQUIVARIANT_OPS = frozenset({
-    "AddBackward", "MaxPool2DWithIndicesBackward", "AdaptiveAvgPool2DBackward",
-    "AdaptiveMaxPool2DBackward", "CloneBackward", "AliasBackward"})
-
-
 def _passes_shift(node) -> bool:
     """Does ``op(x + d) == op(x) + d`` hold for a per-channel constant ``d``?"""
     if node.type == OPTYPE.CONCAT:
@@ -206,50 +206,58 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor,
     contains a layer that feeds the network output.
     """
     work = copy.deepcopy(model)
-    names = {m: n for n, m in work.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         DG = tp.DependencyGraph().build_dependency(work, example_inputs=example_input, verbose=False)
         ignored = [work.get_submodule(n) for n in ignored_layers]
         tp_groups = list(DG.get_all_groups(ignored_layers=ignored,
                                            root_module_types=(nn.Conv2d, nn.Linear)))
+    names = {m: n for n, m in work.named_modules()}
     result = TraceResult(groups=[])
-    owner: dict[str, str] = {}
+    _collect_groups(DG, tp_groups, names, set(work.state_dict()), result)
+    _collect_layers(DG, names, result)
+    return result
+
+
+def _collect_groups(DG, tp_groups, names: dict, keys: set[str], result: TraceResult) -> None:
+    """Convert tp groups into :class:`NeuronGroup`s (or unsupported/output entries)."""
+    order = {n: i for i, n in enumerate(names.values())}
     for g in tp_groups:
         items, reason, is_output = _convert(DG, g, names)
-        producers = sorted({m for m, _, r, _, _ in items if r in ("out", "depthwise")}, key=order.get)
         if is_output:
-            result.output_layers.extend(names[it.dep.target.module] for it in g
-                                        if names.get(it.dep.target.module) is not None
-                                        and it.dep.handler == DG.get_pruner_of_module(
-                                            it.dep.target.module).prune_out_channels)
+            result.output_layers.extend(
+                names[it.dep.target.module] for it in g if it.dep.target.module in names
+                and it.dep.handler == DG.get_pruner_of_module(it.dep.target.module).prune_out_channels)
             continue
+        producers = sorted({m for m, _, r, _, _ in items if r in ("out", "depthwise")}, key=order.get)
         root = g[0].dep.target.module
         gname = producers[0] if producers else names.get(root, f"group{len(result.groups)}")
         if reason is not None:
             result.unsupported[gname] = reason
             continue
-        size = DG.get_pruner_of_module(root).get_out_channels(root)
-        items = _renumber(items, gname, size)
+        size = int(DG.get_pruner_of_module(root).get_out_channels(root))
         roles = tuple(
-            LayerRole(module=m, kind=k, role=r, index=i, neuron=n,
-                      tensors=tuple((f"{m}.{t}" if m else t, d) for t, d in ROLE_TENSORS[(k, r)]))
-            for m, k, r, i, n in sorted(items, key=lambda it: (order[it[0]], it[2]))
-        )
-        result.groups.append(NeuronGroup(name=gname, size=int(size), layers=roles))
-        for p in producers:
-            owner[p] = gname
+            LayerRole(module=m, kind=k, role=r, index=i, neuron=n, tensors=tuple(
+                (key, d) for t, d in ROLE_TENSORS[(k, r)]
+                if (key := f"{m}.{t}" if m else t) in keys))
+            for m, k, r, i, n in sorted(_renumber(items, gname, size),
+                                        key=lambda it: (order[it[0]], it[2])))
+        result.groups.append(NeuronGroup(name=gname, size=size, layers=roles))
     result.groups.sort(key=lambda grp: order[grp.name])
 
+
+def _collect_layers(DG, names: dict, result: TraceResult) -> None:
+    """Per conv/linear layer: size, owning group, and the BatchNorms after it."""
+    order = {n: i for i, n in enumerate(names.values())}
+    owner = {p: g.name for g in result.groups for p in g.producers}
     for m, node in DG.module2node.items():
         if not isinstance(m, (nn.Conv2d, nn.Linear)) or m not in names:
             continue
         name = names[m]
-        outs = {o for o in node.outputs}
+        outs = set(node.outputs)
         if len(outs) == 1:
             nxt = next(iter(outs))
-            if nxt.type == OPTYPE.BN and {i for i in nxt.inputs} == {node}:
+            if nxt.type == OPTYPE.BN and set(nxt.inputs) == {node}:
                 result.next_bn[name] = names[nxt.module]
         bns = _shift_absorbing_bns(node)
         if bns is not None:
@@ -257,4 +265,3 @@ def trace_groups(model: nn.Module, example_input: torch.Tensor,
         size = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         result.layers.append((name, int(size), owner.get(name)))
     result.layers.sort(key=lambda it: order[it[0]])
-    return result

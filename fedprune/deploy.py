@@ -1,0 +1,244 @@
+"""Run the app on Flower's deployment engine: a SuperLink, SuperNodes, and ``flwr run`` against them.
+
+On real devices each Raspberry Pi runs ``flower-supernode`` (see ``docs/deploy.md``); this module
+starts the same processes on one host, on free loopback ports, for trying a deployment out and for
+the integration test:
+
+    python -m fedprune.deploy CONFIG --node 'partition-id=0 num-partitions=2 budget-mb=6' \\
+                                     --node 'partition-id=1 num-partitions=2 budget-mb="auto"' \\
+                                     --out results/deployed
+
+``LocalDeployment`` starts ``flower-superlink`` (deployment mode, no ``--simulation``), one
+``flower-supernode`` per node config, and submits the app with ``flwr run APP --run-config FILE
+--stream`` through a private Flower home whose ``config.toml`` names the SuperLink. Every process
+gets its own process group and all of them are stopped when the deployment ends, whatever happens.
+Like ``fedprune.launch`` this module drives Flower's command-line tools and never imports Flower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from fedprune.launch import PROJECT_ROOT, LaunchError, _stop, _tool, _wait_port, free_port
+from fedprune.node import format_node_config
+
+LOOPBACK = "127.0.0.1"
+
+
+class DeployError(LaunchError):
+    """A deployment process could not start, died, or the run did not finish in time."""
+
+
+def write_cli_config(home: Path, address: str, *, name: str = "fedprune", insecure: bool = True,
+                     root_certificates: str | None = None) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` naming one SuperLink connection (the default one)."""
+    home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    if insecure:
+        lines.append("insecure = true")
+    elif root_certificates:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    path = home / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _env(home: Path) -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)  # flwr-serverapp / flwr-clientapp are found on PATH
+    path = os.environ.get("PATH", "")
+    return dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1",
+                PATH=venv_bin + (os.pathsep + path if path else ""))
+
+
+def superlink_command(port: int, fleet_port: int, control_port: int, host: str = LOOPBACK) -> list[str]:
+    """``flower-superlink`` in deployment mode, insecure, every API bound to ``host``.
+
+    In flwr 1.41 the Control, Fleet and ServerAppIo APIs are served over HTTP on ``--port``; the
+    deprecated gRPC addresses are still opened, so they are pinned to free ports on ``host`` too.
+    """
+    return [_tool("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            "--database", ":flwr-in-memory:", "--host", host, "--port", str(port),
+            "--fleet-api-address", f"{host}:{fleet_port}",
+            "--control-api-address", f"{host}:{control_port}"]
+
+
+def supernode_command(superlink: str, node_config: Mapping[str, Any] | str, port: int,
+                      host: str = LOOPBACK) -> list[str]:
+    """``flower-supernode`` connected to ``superlink`` (host:port), insecure, with its node config."""
+    conf = node_config if isinstance(node_config, str) else format_node_config(node_config)
+    return [_tool("flower-supernode"), "--insecure", "--superlink", superlink,
+            "--host", host, "--port", str(port), "--node-config", conf]
+
+
+@dataclass
+class LocalDeployment:
+    """A SuperLink and N SuperNodes on loopback; use as a context manager, then ``run(config)``."""
+
+    work_dir: Path
+    node_configs: Sequence[Mapping[str, Any] | str]
+    app_dir: Path = PROJECT_ROOT
+    startup_timeout: float = 60.0
+    port: int = 0  # SuperLink HTTP port (0: a free one)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+    _logs: list[Any] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def superlink_address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def cli_home(self) -> Path:
+        return self.work_dir / "flwr-cli"
+
+    def log_path(self, name: str) -> Path:
+        return self.work_dir / f"{name}.log"
+
+    def _spawn(self, name: str, cmd: list[str], home: Path) -> subprocess.Popen:
+        home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        proc = subprocess.Popen(cmd, cwd=self.app_dir, env=_env(home), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> "LocalDeployment":
+        """Start the SuperLink, wait for its port, then start every SuperNode."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.port = self.port or free_port()
+            link = self._spawn("superlink", superlink_command(self.port, free_port(), free_port()),
+                               self.work_dir / "superlink" / ".flwr")
+            _wait_port(self.port, self.startup_timeout, link)
+            for i, conf in enumerate(self.node_configs):
+                self._spawn(f"supernode-{i}", supernode_command(self.superlink_address, conf, free_port()),
+                            self.work_dir / f"supernode-{i}" / ".flwr")
+            write_cli_config(self.cli_home, self.superlink_address)
+            self.check_alive()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def check_alive(self) -> None:
+        """``DeployError`` naming the first SuperLink/SuperNode process that has exited."""
+        for name, proc in self.procs.items():
+            if name.startswith("flwr-run"):
+                continue
+            if proc.poll() is not None:
+                tail = self.log_path(name).read_text(errors="replace").splitlines()[-15:]
+                raise DeployError(f"{name} exited with code {proc.returncode}; last lines of "
+                                  f"{self.log_path(name)}:\n" + "\n".join(tail))
+
+    def run(self, config_file: Path, timeout: float | None = None,
+            on_poll: Callable[[], None] | None = None) -> int:
+        """Submit the app with ``flwr run --stream`` and wait for the run; returns its exit code."""
+        cmd = [_tool("flwr"), "run", str(self.app_dir), "--run-config", str(config_file), "--stream"]
+        runner = self._spawn("flwr-run", cmd, self.cli_home)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while runner.poll() is None:
+                self.check_alive()
+                if on_poll is not None:
+                    on_poll()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeployError(f"the run exceeded its {timeout:.0f} s limit; see {self.work_dir}")
+                time.sleep(0.5)
+            if on_poll is not None:
+                on_poll()
+            return int(runner.returncode)
+        finally:
+            _stop(runner)
+
+    def stop(self) -> None:
+        """Stop every process started here (SuperNodes first), close the logs; safe to repeat."""
+        for name in sorted(self.procs, key=lambda n: n == "superlink"):
+            _stop(self.procs[name], grace=10.0)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        for name in list(self.procs):
+            home = self.work_dir / name / ".flwr"
+            shutil.rmtree(home, ignore_errors=True)  # Flower's private state (FABs, keys)
+        shutil.rmtree(self.cli_home, ignore_errors=True)
+
+    def __enter__(self) -> "LocalDeployment":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def parse_node_args(nodes: Sequence[str] | None, count: int | None) -> list[str]:
+    """``--node`` strings as given, or ``count`` plain ``partition-id=i num-partitions=count`` nodes."""
+    if nodes:
+        return list(nodes)
+    n = count or 2
+    return [format_node_config({"partition-id": i, "num-partitions": n}) for i in range(n)]
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    """``deploy-local``: the run on a local SuperLink + SuperNodes (deployment engine)."""
+    from fedprune.cli import check_data_available, prepare_run_dir
+    from fedprune.config import load_config
+    from fedprune.results import CONFIG_FILE, SUMMARY_FILE
+
+    cfg = load_config(args.config)
+    check_data_available(cfg)
+    cfg, run_dir = prepare_run_dir(cfg, args.out, None)
+    nodes = parse_node_args(args.node, args.nodes)
+    print(f"fedprune: deploying {cfg.run.name!r} on a local SuperLink with {len(nodes)} SuperNodes "
+          f"-> {run_dir}", flush=True)
+    t0 = time.perf_counter()
+    with LocalDeployment(run_dir / "deployment", nodes) as dep:
+        code = dep.run(run_dir / CONFIG_FILE, timeout=args.timeout)
+    if not (run_dir / SUMMARY_FILE).is_file():
+        print(f"error: the run ended (flwr exit code {code}) without a summary; logs in "
+              f"{run_dir / 'deployment'}", file=sys.stderr)
+        return 1
+    print(f"fedprune: done in {time.perf_counter() - t0:.1f} s; results in {run_dir}")
+    return 0
+
+
+def add_deploy_parser(sub: Any) -> None:
+    """Register ``fedprune deploy-local`` on the CLI's sub-parsers."""
+    d = sub.add_parser("deploy-local", help="run on a local Flower SuperLink + SuperNodes "
+                       "(deployment engine, loopback)")
+    _fill_parser(d)
+    d.set_defaults(func=cmd_deploy_local)
+
+
+def _fill_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment TOML file")
+    p.add_argument("--out", help="results folder (default: results/<run.name>)")
+    p.add_argument("--node", action="append", metavar="NODE_CONFIG",
+                   help="one SuperNode's --node-config, e.g. 'partition-id=0 num-partitions=2 "
+                        "budget-mb=6' (repeat per node)")
+    p.add_argument("--nodes", type=int, help="without --node: this many plain SuperNodes (default 2)")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fedprune.deploy", description=__doc__.splitlines()[0])
+    _fill_parser(p)
+    args = p.parse_args(argv)
+    from fedprune.cli import UsageError
+    from fedprune.config import ConfigError
+
+    try:
+        return cmd_deploy_local(args)
+    except (ConfigError, UsageError, LaunchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

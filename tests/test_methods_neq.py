@@ -1,0 +1,135 @@
+"""NEq: eq. 3 velocity, cosine similarity, and frozen neurons that truly do not move."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedprune.memory import OptimizerSpec
+from fedprune.methods.neq import cosine_rows, neuron_outputs, velocity_eq3, velocity_step
+from fedprune.models import build_model, example_input
+from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.training import ClientData, TrainConfig, train_local
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, 10, (n,), generator=g)
+    return templates[y] + 0.5 * torch.randn(n, 1, 28, 28, generator=g), y
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    dense = build_model("lenet5", seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    return dense, graph
+
+
+# ------------------------------------------------------------------ eq. 3
+
+def test_velocity_recursion_matches_eq3_hand_computed():
+    phis = [0.90, 0.97, 0.99, 0.995, 0.999]
+    mu = 0.5
+    # hand-computed eq. 3 for t = 2: phi2 - (1 + mu) phi1 + (mu + mu^2) phi0
+    assert velocity_eq3(phis[:3], mu) == pytest.approx(0.99 - 1.5 * 0.97 + 0.75 * 0.90)
+    # the recursion v = (phi_t - phi_{t-1}) - mu v_{t-1} (phi^-1 = v^-1 = 0) unrolls to eq. 3
+    prev_phi, v = 0.0, 0.0
+    for t, phi in enumerate(phis):
+        v = float(velocity_step(np.array([phi]), np.array([prev_phi]), np.array([v]), mu)[0])
+        assert v == pytest.approx(velocity_eq3(phis[: t + 1], mu), abs=1e-12)
+        prev_phi = phi
+
+
+def test_velocity_mu_zero_is_plain_difference():
+    phis = [0.5, 0.8, 0.85]
+    assert velocity_eq3(phis, 0.0) == pytest.approx(0.05)
+    v = velocity_step(np.array([0.85]), np.array([0.8]), np.array([123.0]), 0.0)
+    assert v[0] == pytest.approx(0.05)
+
+
+def test_cosine_rows_and_outputs_layout():
+    a = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    b = np.array([[2.0, 0.0], [0.0, 0.0], [-1.0, -1.0], [1.0, 0.0]])
+    assert cosine_rows(a, b).tolist() == pytest.approx([1.0, 1.0, -1.0, 0.0])
+    out = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    rows = neuron_outputs(out, max_spatial=2)
+    assert rows.shape == (3, 2 * 4)
+    # channel 1 of sample 0, top-left 2x2 block averaged
+    assert rows[1, 0] == pytest.approx(out[0, 1, :2, :2].mean())
+
+
+# ------------------------------------------------------------------ freezing
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("opt, skip", [
+    (OptimizerSpec("sgd", momentum=0.9, weight_decay=0.05), False),
+    (OptimizerSpec("adam", momentum=0.9, weight_decay=0.05), False),
+    (OptimizerSpec("sgd", momentum=0.9, weight_decay=0.05), True),
+])
+def test_frozen_neurons_do_not_move(lenet, opt, skip):
+    """eps huge: every neuron freezes at the 2nd evaluation (epoch 2) and then never moves."""
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    x, y = synthetic(160)
+    data = ClientData(x[:128], y[:128], x[128:], y[128:])
+    cfg = TrainConfig(epochs=3, lr=0.05, optimizer=opt, batch_size=32)
+    snaps = {}
+
+    def cb(epoch, ctx, _m):
+        snaps[epoch] = (_snapshot(ctx.model), {id(p): dict(ctx.optimizer.state.get(p, {}))
+                                               for p in ctx.model.parameters()},
+                        dict(ctx.model.named_parameters()))
+
+    res = train_local(graph.compact(dense, mask), mask, graph, data, cfg, ["neq"],
+                      {"neq": {"eps": 1e9, "skip_layer_grad": skip, "val_samples": 16}}, None,
+                      epoch_callback=cb)
+    before, after = snaps[0][0], snaps[2][0]
+    group_params = [k for k in before if k.split(".")[0] in ("conv1", "conv2", "fc1")
+                    and k.endswith(("weight", "bias"))]
+    assert group_params
+    for k in group_params:
+        assert torch.equal(before[k], after[k]), f"{k} moved while frozen"
+    assert not torch.equal(before["fc2.weight"], after["fc2.weight"])  # output layer still trains
+    if not skip:  # no momentum carry-over: frozen rows of every momentum buffer are zero
+        state, params = snaps[2][1], snaps[2][2]
+        for k in group_params:
+            st = state[id(params[k])]
+            for key in ("momentum_buffer", "exp_avg"):
+                if key in st:
+                    assert float(st[key].abs().max()) == 0.0
+    m = res.metrics
+    assert m["neq_frozen_frac"] == 1.0
+    assert 0.0 < m["bprop_flops_frozen_saved_frac"] < 1.0
+    assert m["neq_layers_skipped"] == 0  # flags are released at the end
+    assert all(p.requires_grad for p in res.model.parameters())
+
+
+def test_state_survives_rounds_as_plain_numpy(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    x, y = synthetic(96, seed=1)
+    data = ClientData(x[:64], y[:64], x[64:], y[64:])
+    cfg = TrainConfig(epochs=1, lr=0.02, batch_size=32)
+    model, state = graph.compact(dense, mask), None
+    for r in range(3):
+        res = train_local(model, mask, graph, data, cfg, "neq", {"neq": {"eps": 1e9, "val_samples": 8}},
+                          None, state, round_idx=r, num_rounds=3)
+        model, mask, state = res.model, res.mask, res.method_state
+        assert all(isinstance(v, (np.ndarray, int, float)) for v in state.values())
+        assert res.metrics["neq_evals"] == r + 1
+    # round 0 records, round 1 computes phi (|v| = phi < eps), round 2 trains frozen
+    assert res.metrics["neq_frozen_frac"] == 1.0
+    assert state["neq/prev/fc1"].shape == (500, 8)

@@ -1,0 +1,137 @@
+"""SeReNe: per-channel sensitivity on a toy net with a known derivative, the update rule, removal."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedprune.methods.config import SeReNeConfig
+from fedprune.methods.serene import SeReNe, dead_neurons, neuron_sensitivity
+from fedprune.methods.sites import NeuronSite, ParamSlice, build_sites
+from fedprune.models import build_model, example_input
+from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.training import ClientData, TrainConfig, train_local
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class Toy(nn.Module):
+    """conv 1x1 (3 channels on 2x2 images) -> relu -> flatten -> linear to 2 outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 1)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def toy() -> Toy:
+    m = Toy()
+    with torch.no_grad():
+        m.conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1))
+        m.conv.bias.fill_(1.0)  # with positive inputs every unit is on: d relu = 1
+        w = (torch.arange(24, dtype=torch.float32) ** 1.5 % 7.0).view(2, 12) - 3.0
+        m.fc.weight.copy_(w)
+    return m
+
+
+def test_lower_bound_sensitivity_is_per_channel():
+    m = toy()
+    x = torch.rand(5, 1, 2, 2) + 0.1
+    s = neuron_sensitivity(m, x, {"conv": [("g", None)]}, "lower_bound")["g"]
+    # d(sum_k y_k)/dz[c, p] = sum_k W[k, 4c + p]; mean over batch and the 4 positions; 1/C, C = 2
+    w = m.fc.weight.detach()
+    want = torch.stack([w[:, 4 * c: 4 * c + 4].sum(0).abs().mean() for c in range(3)]) / 2
+    assert torch.allclose(s, want)
+    assert len(set(np.round(s.numpy(), 6))) == 3  # not channel 0 copied everywhere
+
+
+def test_full_sensitivity_sums_over_outputs():
+    m = toy()
+    x = torch.rand(4, 1, 2, 2) + 0.1
+    s = neuron_sensitivity(m, x, {"conv": [("g", None)]}, "full")["g"]
+    w = m.fc.weight.detach()
+    want = torch.stack([w[:, 4 * c: 4 * c + 4].abs().mean(1).sum() for c in range(3)]) / 2
+    assert torch.allclose(s, want)
+    lb = neuron_sensitivity(m, x, {"conv": [("g", None)]}, "lower_bound")["g"]
+    assert (lb <= s + 1e-6).all()  # triangle inequality: it is a lower bound
+
+
+def test_inactive_unit_has_zero_sensitivity():
+    m = toy()
+    with torch.no_grad():
+        m.conv.bias[1] = -100.0  # channel 1 never fires
+    s = neuron_sensitivity(m, torch.rand(3, 1, 2, 2), {"conv": [("g", None)]})["g"]
+    assert s[1] == 0 and s[0] > 0 and s[2] > 0
+
+
+def test_update_rule_on_toy_layer():
+    m = toy()
+    pos = torch.arange(3)
+    site = NeuronSite("g", 3, np.arange(3), [ParamSlice("conv.weight", m.conv.weight, 0, pos),
+                                             ParamSlice("conv.bias", m.conv.bias, 0, pos)])
+    method = SeReNe(SeReNeConfig(lmbda=0.1))
+    method.pruner.attach(m)
+    method._sites = {"g": site}
+    sens = torch.tensor([0.0, 0.5, 2.0])
+    method.sens = {"g": sens}
+    w0, b0 = m.conv.weight.detach().clone(), m.conv.bias.detach().clone()
+    method.after_step(None)
+    ins = torch.clamp(1 - sens, min=0)
+    assert torch.allclose(m.conv.weight.detach(), w0 - 0.1 * w0 * ins.view(3, 1, 1, 1))
+    assert torch.allclose(m.conv.bias.detach(), b0 - 0.1 * b0 * ins)
+    assert m.conv.weight[2].item() == w0[2].item()  # S >= 1: untouched
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    dense = build_model("lenet5", seed=0)
+    return dense, NeuronGraph.from_model(dense, example_input())
+
+
+def test_neurons_with_zero_incoming_weights_are_removed(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    with torch.no_grad():
+        model.conv2.weight[[3, 7]] = 0.0
+    ctx = SimpleNamespace(model=model, mask=mask, graph=graph, sites=build_sites(graph, model, mask),
+                          val_loss=lambda n: 1.0)
+    method = SeReNe(SeReNeConfig(pwe=100))
+    method.attach(ctx)
+    assert dead_neurons(ctx.sites["conv2"]).nonzero()[0].tolist() == [3, 7]
+    new = method.epoch_end(ctx)
+    method.detach(ctx)
+    assert new["conv2"].sum() == 48 and not new["conv2"][3] and not new["conv2"][7]
+    assert new["conv1"].all() and new["fc1"].all()
+
+
+def test_serene_training_thresholds_and_shrinks_the_model(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, 10, (192,), generator=g)
+    x = t[y] + 0.5 * torch.randn(192, 1, 28, 28, generator=g)
+    data = ClientData(x[:128], y[:128], x[128:], y[128:])
+    cfg = TrainConfig(epochs=2, lr=0.02, batch_size=32)
+    res = train_local(graph.compact(dense, mask), mask, graph, data, cfg, "serene",
+                      {"serene": {"pwe": 0, "twt": 10.0, "lmbda": 1e-3}}, None)
+    m = res.metrics
+    assert m["serene_prune_events"] >= 1 and m["serene_sparsity"] > 0.3
+    assert m["serene_neurons_removed"] > 0 and res.mask.num_alive() < mask.num_alive()
+    assert m["params_alive"] < m["params_dense"]  # physically smaller
+    assert sum(p.numel() for p in res.model.parameters()) == m["params_alive"]
+    assert m["serene_sensitivity_mean"] > 0

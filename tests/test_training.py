@@ -1,0 +1,150 @@
+"""The local trainer: contract, does-not-fit path, method combinations, centralized mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedprune.data import TensorPair
+from fedprune.memory import OptimizerSpec
+from fedprune.models import build_model, example_input
+from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.training import (ClientData, MethodStep, TrainConfig, evaluate, train_centralized,
+                               train_local)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    dense = build_model("lenet5", seed=0)
+    return dense, NeuronGraph.from_model(dense, example_input())
+
+
+def tensors(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, 10, (n,), generator=g)
+    return t[y] + 0.5 * torch.randn(n, 1, 28, 28, generator=g), y
+
+
+def client(n: int = 128, seed: int = 0) -> ClientData:
+    x, y = tensors(n, seed)
+    k = n * 3 // 4
+    return ClientData(x[:k], y[:k], x[k:], y[k:])
+
+
+def test_evaluate_known_model():
+    class Const(nn.Module):
+        def forward(self, x):
+            return torch.tensor([[0.0, 10.0]]).expand(len(x), 2)
+
+    x = torch.zeros(4, 1)
+    y = torch.tensor([1, 1, 0, 1])
+    loss, acc = evaluate(Const(), x, y, batch_size=3)
+    assert acc == 0.75
+    assert loss == pytest.approx((3 * 4.54e-5 + 10.0000454) / 4, rel=1e-3)
+    assert all(np.isnan(v) for v in evaluate(Const(), x[:0], y[:0]))
+
+
+def test_does_not_fit_returns_cleanly(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {"neq/evals": 3}
+    res = train_local(model, mask, graph, client(), TrainConfig(), "dynhp+neq", None, 10_000, state, 0, 1)
+    assert res.metrics["does_not_fit"] == 1 and res.num_examples == 0
+    assert res.model is model and res.mask == mask and res.method_state == state
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert res.metrics["predicted_peak_bytes"] > 10_000
+    json.dumps(res.metrics)
+
+
+@pytest.mark.parametrize("methods", ["none", "dynhp+neq", "serene+neq", "serene+dynhp", "lobster+neq",
+                                     "dynhp+serene+neq"])
+def test_method_combinations_run(lenet, methods):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    cfgs = {"dynhp": {"score_samples": 32}, "neq": {"val_samples": 16, "eps": 0.05},
+            "serene": {"pwe": 0, "twt": 0.5, "threshold_samples": 64},
+            "lobster": {"pwe": 0, "twt": 0.5, "threshold_samples": 64}}
+    cfg = TrainConfig(epochs=2, lr=0.02, batch_size=32,
+                      optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=1e-4))
+    res = train_local(graph.compact(dense, mask), mask, graph, client(), cfg, methods, cfgs, None, None, 0, 2)
+    m = res.metrics
+    json.dumps(m)
+    assert m["does_not_fit"] == 0 and res.num_examples == 96
+    assert res.mask.issubset(mask)
+    graph.check_model(res.model, res.mask)
+    assert all(p.requires_grad for p in res.model.parameters())
+    assert np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 1
+    assert m["bprop_flops"] <= m["bprop_flops_dense"]
+    for key in ("budget_bytes", "predicted_peak_bytes", "measured_peak_bytes", "utilization",
+                "batch_sizes", "violations", "bprop_flops_saved_frac", "neurons_pruned", "params_alive",
+                "oom_events", "wall_seconds"):
+        assert key in m
+    for v in res.method_state.values():
+        assert isinstance(v, (np.ndarray, int, float))
+    if "dynhp" in methods:
+        assert m["params_alive"] < m["params_dense"]
+
+
+def test_budget_is_respected_or_reported(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    budget = 8_000_000
+    res = train_local(model, mask, graph, client(160), TrainConfig(epochs=1, batch_size=32, max_batch=64),
+                      "serene+neq", {"serene": {"pwe": 100}}, budget, None, 0, 1)
+    m = res.metrics
+    assert m["does_not_fit"] == 0
+    assert m["measured_peak_bytes"] <= budget or m["violations"] > 0
+    assert m["predicted_peak_bytes"] <= budget
+    assert 0 < m["utilization"] <= 1.0 or m["violations"] > 0
+
+
+def test_method_step_is_hashable_and_counts_the_extra_backward(lenet):
+    from fedprune.memory import estimate_training_memory
+
+    dense, graph = lenet
+    model = graph.compact(dense, NeuronMask.full(graph))
+    plain = estimate_training_memory(model, 32, (1, 28, 28), "sgd", step_fn=MethodStep())
+    sens = estimate_training_memory(model, 32, (1, 28, 28), "sgd", step_fn=MethodStep(sensitivity=True))
+    assert hash(MethodStep(True, False)) == hash(MethodStep(True, False))
+    assert sens.total_bytes >= plain.total_bytes
+
+
+def test_bad_round_index_and_methods_raise(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    with pytest.raises(ValueError, match="round_idx"):
+        train_local(graph.compact(dense, mask), mask, graph, client(), TrainConfig(), "none", None, None,
+                    None, 3, 3)
+    with pytest.raises(ValueError, match="foo"):
+        train_local(graph.compact(dense, mask), mask, graph, client(), TrainConfig(), "foo", None, None)
+
+
+def test_train_centralized_quick():
+    x, y = tensors(400, seed=3)
+    xt, yt = tensors(100, seed=4)
+    out = train_centralized("lenet5", TrainConfig(epochs=1, lr=0.02, batch_size=32), "dynhp",
+                            {"dynhp": {"score_samples": 16}}, None, epochs=2,
+                            train=TensorPair(x, y), test=TensorPair(xt, yt), val_fraction=0.1)
+    json.dumps(out)
+    assert out["epochs"] == 2 and len(out["history"]) == 2
+    assert out["train_samples"] == 360 and out["val_samples"] == 40 and out["test_samples"] == 100
+    assert 0 <= out["test_accuracy"] <= 1
+    assert out["neurons"].startswith("[") and out["neurons"].endswith("[10]")
+    assert out["compression"] >= 5.0  # end_progress 0.75 < 1: the target is reached in one run
+    assert "cpu_count" in out["machine"]
