@@ -88,6 +88,7 @@ class LocalDeployment:
     startup_timeout: float = 60.0
     port: int = 0  # SuperLink HTTP port (0: a free one)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+    ports: list[int] = field(default_factory=list, init=False)  # every port handed to a process
     _logs: list[Any] = field(default_factory=list, init=False, repr=False)
 
     @property
@@ -115,11 +116,13 @@ class LocalDeployment:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.port = self.port or free_port()
-            link = self._spawn("superlink", superlink_command(self.port, free_port(), free_port()),
+            self.ports = [self.port, free_port(), free_port()]
+            link = self._spawn("superlink", superlink_command(*self.ports),
                                self.work_dir / "superlink" / ".flwr")
             _wait_port(self.port, self.startup_timeout, link)
             for i, conf in enumerate(self.node_configs):
-                self._spawn(f"supernode-{i}", supernode_command(self.superlink_address, conf, free_port()),
+                self.ports.append(free_port())
+                self._spawn(f"supernode-{i}", supernode_command(self.superlink_address, conf, self.ports[-1]),
                             self.work_dir / f"supernode-{i}" / ".flwr")
             write_cli_config(self.cli_home, self.superlink_address)
             self.check_alive()

@@ -113,15 +113,15 @@ class GlobalModel:
             mask = NeuronMask.from_arrays(self.graph, dict(update.mask))
         except MaskError as err:
             raise InvalidUpdate(f"{who}: bad mask: {err}") from None
-        expected = self.graph.build_compact(mask).state_dict()
+        expected = self.graph.compact_shapes(mask)
         if set(expected) != set(update.arrays):
             diff = sorted(set(expected) ^ set(update.arrays))[:5]
             raise InvalidUpdate(f"{who}: tensors do not match its mask (keys differ: {diff})")
-        for key, ref in expected.items():
+        for key, shape in expected.items():
             got = np.asarray(update.arrays[key])
-            if tuple(got.shape) != tuple(ref.shape):
+            if tuple(got.shape) != tuple(shape):
                 raise InvalidUpdate(f"{who}: tensor {key!r} has shape {tuple(got.shape)}, its mask "
-                                    f"implies {tuple(ref.shape)}")
+                                    f"implies {tuple(shape)}")
             if np.issubdtype(got.dtype, np.floating) and not np.isfinite(got).all():
                 raise InvalidUpdate(f"{who}: tensor {key!r} contains NaN or Inf")
         dense = state_to_numpy(self.graph.expand(numpy_to_state(update.arrays), mask))
@@ -134,7 +134,8 @@ class GlobalModel:
         """
         accepted: list[tuple[ClientUpdate, MaskedUpdate]] = []
         rejected: dict[str, str] = {}
-        for u in updates:
+        # a fixed order (by client) makes the floating-point sums independent of reply order
+        for u in sorted(updates, key=lambda u: (len(u.client), u.client)):
             try:
                 accepted.append((u, self.expand_update(u)))
             except InvalidUpdate as err:

@@ -188,5 +188,6 @@ def process_memory() -> dict[str, int]:
 
     out = {"rss_bytes": int(psutil.Process().memory_info().rss)}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out["rss_peak_bytes"] = int(peak if sys.platform == "darwin" else peak * 1024)
+    peak = int(peak if sys.platform == "darwin" else peak * 1024)
+    out["rss_peak_bytes"] = max(peak, out["rss_bytes"])  # the kernel's peak lags psutil's figure a little
     return out

