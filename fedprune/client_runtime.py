@@ -11,11 +11,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from fedprune.client_state import load_client_state, save_client_state
 from fedprune.config import ExperimentConfig
+from fedprune.faults import corrupt_reply, describe, draw_fault, fail_before_training
 from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
 from fedprune.global_model import numpy_to_state, state_to_numpy
 from fedprune.memory import OptimizerSpec, make_budget_schedule
@@ -105,10 +108,27 @@ class ClientRuntime:
         """This client's memory budget for a round (``None``: unbounded)."""
         return None if self.schedule is None else int(self.schedule.budget_bytes(server_round))
 
+    def state_dir(self) -> Path | None:
+        """The run folder, when it is on this machine (simulation): method state is kept there too."""
+        out = self.cfg.run.out_dir
+        if out and (Path(out) / "config.toml").is_file():
+            return Path(out)
+        return None
+
     def train_round(self, arrays: Mapping[str, np.ndarray], mask_arrays: Mapping[str, np.ndarray],
                     server_round: int, method_state: dict[str, Any] | None) -> ClientReply:
-        """Rebuild the compact model the server sent, train it locally, and package the reply."""
+        """Rebuild the compact model the server sent, train it locally, and package the reply.
+
+        Injected faults (``[faults]``) strike here: before training (raise, oom, timeout) or in the
+        reply (nan, bad-mask, mismatch). With the run folder on this machine, the method state of the
+        client's previous round is read from and written to it, so a resumed run continues exactly.
+        """
         t0 = time.perf_counter()
+        fault = draw_fault(self.cfg, self.partition_id, server_round)
+        fail_before_training(fault, self.cfg)
+        state_dir = self.state_dir()
+        if state_dir is not None:
+            method_state = load_client_state(state_dir, self.partition_id, server_round) or method_state
         mask = NeuronMask.from_arrays(self.graph, dict(mask_arrays))
         model = self.graph.build_compact(mask)
         model.load_state_dict(numpy_to_state(arrays))
@@ -119,11 +139,15 @@ class ClientRuntime:
         result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
                              self.cfg.methods.method_configs(), budget, method_state,
                              round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
+        if state_dir is not None and result.method_state:
+            save_client_state(state_dir, self.partition_id, server_round, result.method_state)
         metrics = dict(result.metrics)
         metrics["client_wall_seconds"] = time.perf_counter() - t0
         metrics["partition_id"] = self.partition_id
-        return ClientReply(state_to_numpy(result.model.state_dict()), result.mask.to_arrays(),
-                           int(result.num_examples), metrics, result.method_state)
+        metrics.update(describe(fault))
+        out_arrays, out_mask = corrupt_reply(fault, state_to_numpy(result.model.state_dict()),
+                                             result.mask.to_arrays())
+        return ClientReply(out_arrays, out_mask, int(result.num_examples), metrics, result.method_state)
 
 
 @lru_cache(maxsize=4)
