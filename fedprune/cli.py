@@ -204,8 +204,15 @@ def _add_optional_commands(sub: Any) -> None:
         pass
 
 
+def _terminate_gracefully(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt  # unwinds `finally` blocks: the SuperLink and Ray get stopped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedprune`` console script."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate_gracefully)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -213,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: completed rounds are checkpointed; continue with "
+              "`fedprune simulate --resume RUN_DIR`", file=sys.stderr)
         return 130
 
 

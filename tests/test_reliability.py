@@ -1,0 +1,129 @@
+"""Reliability in real simulations: injected client faults, and kill-and-resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedprune.config import FAULT_KINDS, config_from_dict
+from fedprune.faults import draw_fault
+from fedprune.results import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """
+[run]
+name = "{name}"
+seed = 3
+num-rounds = {rounds}
+[data]
+max-samples-per-client = 240
+[train]
+batch-size = 32
+min-batch = 8
+[methods]
+enabled = "neq+dynhp"
+[memory]
+budget = "constant"
+budget-mb = 8.0
+[fleet]
+num-clients = {clients}
+min-clients = 2
+"""
+
+
+def simulate(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "fedprune.cli", "simulate", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def fault_seed(clients: int, rounds: int, kinds: list[str], rate: float) -> int:
+    """A faults.seed under which every kind strikes and each round keeps >= 2 healthy clients."""
+    for seed in range(5000):
+        cfg = config_from_dict({"run": {"seed": 3}, "faults": {"rate": rate, "kinds": ",".join(kinds),
+                                                               "seed": seed}})
+        draws = [[draw_fault(cfg, c, r) for c in range(clients)] for r in range(1, rounds + 1)]
+        seen = {k for row in draws for k in row if k}
+        healthy = [sum(k is None for k in row) for row in draws]
+        timeouts = sum(k == "timeout" for row in draws for k in row)
+        if seen == set(kinds) and min(healthy) >= 2 and timeouts == 1:
+            return seed
+    raise AssertionError("no seed found")
+
+
+@pytest.mark.slow
+def test_every_fault_kind_is_a_counted_failure_and_never_poisons(tmp_path):
+    kinds = list(FAULT_KINDS)
+    clients, rounds = 6, 2
+    seed = fault_seed(clients, rounds, kinds, rate=0.5)
+    cfg = tmp_path / "faults.toml"
+    cfg.write_text(BASE.format(name="faults", rounds=rounds, clients=clients)
+                   + f'[faults]\nrate = 0.5\nkinds = "{",".join(kinds)}"\nseed = {seed}\n'
+                   + "[simulation]\nround-timeout = 45.0\n")
+    out = tmp_path / "run"
+    proc = simulate(str(cfg), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr + (out / "flwr.log").read_text()[-3000:]
+    rows = read_metrics(out)
+    assert len(rows) == rounds
+    cfg_obj = config_from_dict({"run": {"seed": 3}, "faults": {"rate": 0.5, "kinds": ",".join(kinds),
+                                                               "seed": seed}})
+    for row in rows:
+        expected = {c: draw_fault(cfg_obj, c, row["round"]) for c in range(clients)}
+        n_faulty = sum(k is not None for k in expected.values())
+        # every faulty client is a failure; every healthy one was aggregated
+        assert row["aggregated"] == clients - n_faulty, row["failures"]
+        assert len(row["failures"]) == n_faulty, row["failures"]
+        for c, kind in expected.items():
+            if kind in ("nan", "bad-mask", "mismatch"):
+                assert str(c) in row["failures"], (kind, row["failures"])
+        assert np.isfinite(row["accuracy"]) and row["accuracy"] > 0.3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["client_failures"] == sum(len(r["failures"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    cfg = tmp_path / "resume.toml"
+    cfg.write_text(BASE.format(name="resume", rounds=3, clients=3))
+    straight = tmp_path / "straight"
+    proc = simulate(str(cfg), "--out", str(straight))
+    assert proc.returncode == 0, proc.stderr
+
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "fedprune.cli", "simulate", str(cfg), "--out", str(killed)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while len(read_metrics(killed)) < 1 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)
+    assert p.poll() is None, "run finished before it could be killed"
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    assert not (killed / "summary.json").exists()
+    done = len(read_metrics(killed))
+    assert 1 <= done < 3
+
+    proc = simulate("--resume", str(killed))
+    assert proc.returncode == 0, proc.stderr + (killed / "flwr.log").read_text()[-3000:]
+    a, b = read_metrics(straight), read_metrics(killed)
+    assert [r["round"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra["accuracy"] == pytest.approx(rb["accuracy"], abs=1e-6)
+        assert ra["params_alive"] == rb["params_alive"]
+    sa = json.loads((straight / "summary.json").read_text())
+    sb = json.loads((killed / "summary.json").read_text())
+    assert sa["final_accuracy"] == pytest.approx(sb["final_accuracy"], abs=1e-6)
+    assert sa["final_params"] == sb["final_params"]
+
+
+def test_resume_refuses_a_finished_or_foreign_folder(tmp_path):
+    proc = simulate("--resume", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "not a fedprune run folder" in proc.stderr
+    (tmp_path / "config.toml").write_text("")
+    (tmp_path / "summary.json").write_text("{}")
+    proc = simulate("--resume", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "already finished" in proc.stderr
