@@ -165,7 +165,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedprune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="fedprune",
+                                description="Federated edge training under memory budgets (Flower + PyTorch).")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="run a federated simulation (Flower + Ray)")
@@ -200,6 +201,11 @@ def _add_optional_commands(sub: Any) -> None:
     try:
         from fedprune.report import add_report_parser
         add_report_parser(sub)
+    except ImportError:
+        pass
+    try:
+        from fedprune.deploy import add_deploy_parser
+        add_deploy_parser(sub)
     except ImportError:
         pass
 

@@ -28,9 +28,11 @@ def _folder(run_dir: str | Path, client: int) -> Path:
 def save_client_state(run_dir: str | Path, client: int, server_round: int, state: dict[str, Any]) -> None:
     """Write ``state`` (nested dicts of arrays/scalars) after ``server_round``; keep the two newest."""
     flat = {}
-    for method, inner in state.items():
-        for key, value in (inner.items() if isinstance(inner, dict) else [("", inner)]):
-            flat[f"{method}{SEP}{key}"] = np.asarray(value)
+    for key, value in state.items():
+        if isinstance(value, dict):  # nested {"neq": {...}} -> "neq::..."
+            flat.update({f"{key}{SEP}{k}": np.asarray(v) for k, v in value.items()})
+        else:  # flat keys ("neq/evals") are stored as they are
+            flat[key] = np.asarray(value)
     buf = io.BytesIO()
     np.savez(buf, **flat)
     folder = _folder(run_dir, client)
@@ -53,7 +55,11 @@ def load_client_state(run_dir: str | Path, client: int, before_round: int) -> di
     out: dict[str, Any] = {}
     with np.load(best[1], allow_pickle=False) as z:
         for key in z.files:
-            method, _, inner = key.partition(SEP)
             value = z[key]
-            out.setdefault(method, {})[inner] = value.item() if value.ndim == 0 else value
+            value = value.item() if value.ndim == 0 else value
+            if SEP in key:
+                method, _, inner = key.partition(SEP)
+                out.setdefault(method, {})[inner] = value
+            else:
+                out[key] = value
     return out

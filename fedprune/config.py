@@ -217,13 +217,13 @@ class StrategySection:
 
 @dataclass
 class SimulationSection:
-    client_cpus: float = 1.0
+    client_cpus: int = 1  # whole CPUs per client (Flower's client-resources-num-cpus is an integer)
     client_gpus: float = 0.0
     ray_address: str = ""  # empty: start a local Ray (or use RAY_ADDRESS when set)
     round_timeout: float = 600.0
 
     def validate(self, p: str) -> None:
-        _check(self.client_cpus > 0, f"{p}client-cpus", self.client_cpus, "must be > 0")
+        _check(self.client_cpus >= 1, f"{p}client-cpus", self.client_cpus, "must be a whole number >= 1")
         _check(self.client_gpus >= 0, f"{p}client-gpus", self.client_gpus, "must be >= 0")
         _check(self.round_timeout > 0, f"{p}round-timeout", self.round_timeout, "must be > 0")
 

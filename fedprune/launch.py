@@ -82,7 +82,7 @@ class SimulationSpec:
     config_file: Path  # resolved experiment config (TOML), passed as --run-config
     out_dir: Path
     num_supernodes: int
-    client_cpus: float = 1.0
+    client_cpus: int = 1
     client_gpus: float = 0.0
     ray_address: str = ""
     app_dir: Path = PROJECT_ROOT

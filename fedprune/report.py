@@ -226,7 +226,34 @@ def run_row(rec: RunRecord) -> dict[str, Any]:
     row["mean_bprop_flops_saved"] = _mean(client_value(c, "flops_saved") for c in clients)
     row["does_not_fit"] = int(sum(1 for c in clients if c.get("does_not_fit")))
     row["mean_round_seconds"] = _mean(_num(r.get("round_seconds")) for r in rec.rows)
+    row.update(device_breakdown(rec))
     return row
+
+
+def device_breakdown(rec: RunRecord) -> dict[str, Any]:
+    """Per device of a mixed fleet: mean batch (``batch:<dev>``), client-rounds that did not fit."""
+    if rec.config is None or not rec.config.fleet.devices:
+        return {}
+    from fedprune.fleet import client_devices
+
+    try:
+        devices = client_devices(rec.config)
+    except Exception:  # noqa: BLE001
+        return {}
+    batches: dict[str, list[float | None]] = {d: [] for d in dict.fromkeys(devices)}
+    dnf: dict[str, int] = {d: 0 for d in batches}
+    for _, c in _clients(rec.rows):
+        try:
+            dev = devices[int(c.get("partition_id", c.get("client")))]
+        except (TypeError, ValueError, IndexError):
+            continue
+        batches[dev].append(client_value(c, "batch"))
+        dnf[dev] += 1 if c.get("does_not_fit") else 0
+    out: dict[str, Any] = {}
+    for dev in batches:
+        out[f"batch:{dev}"] = _mean(batches[dev])
+        out[f"did_not_fit:{dev}"] = dnf[dev]
+    return out
 
 
 GROUP_FIELDS = ("final_accuracy", "final_params", "compression", "final_flops", "mean_utilization",
@@ -267,7 +294,8 @@ def grouped_rows(records: Sequence[RunRecord], rows: Sequence[dict[str, Any]]) -
                              "seeds": ",".join(str(m.get("seed", "?")) for m in members)}
         for k in keys:
             g[f"grid:{k}"] = members[0].get(f"grid:{k}")
-        for f in GROUP_FIELDS:
+        extra = [k for k in members[0] if k.startswith(("batch:", "did_not_fit:"))]
+        for f in (*GROUP_FIELDS, *extra):
             vals = [_num(m.get(f)) for m in members]
             g[f"{f}_mean"] = _mean(vals)
             g[f"{f}_std"] = _std(vals)
@@ -405,6 +433,15 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
                             _pm(g, "mean_batch", "mb"), _pm(g, "mean_bprop_flops_saved", "pct"),
                             _pm(g, "does_not_fit", ""), _pm(g, "budget_violations", "")])
         parts += ["## Results (mean over seeds)", "", _md_table(header, lines), ""]
+        devs = [k.split(":", 1)[1] for k in groups[0] if k.startswith("batch:") and k.endswith("_mean")]
+        devs = [d[: -len("_mean")] for d in devs]
+        if devs:
+            header = ["method", "budget (MB)"] + devs
+            lines = [[g["method"], _fmt(g.get("budget_mb"), "mb")]
+                     + [f"{_fmt(g.get(f'batch:{d}_mean'), 'int')} / {_fmt(g.get(f'did_not_fit:{d}_mean'))}"
+                        for d in devs] for g in groups]
+            parts += ["### Per device: mean batch / client-rounds that did not fit (mean over seeds)", "",
+                      _md_table(header, lines), ""]
     header = ["run", "status", "method", "seed", "budget (MB)", "accuracy (%)", "final params",
               "compression", "final FLOPs", "upload (MB)", "violations", "wall (s)"]
     lines = [[r["run"], r["status"], r["method"], _fmt(r.get("seed")), _fmt(r.get("budget_mb"), "mb"),
@@ -438,6 +475,11 @@ def _int_rounds(axes: Any) -> None:
 
     for ax in getattr(axes, "flat", [axes]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _bottom_legend(fig: Any, handles: list, labels: list) -> None:
+    fig.legend(handles, labels, loc="lower center", title="methods", fontsize=8, title_fontsize=8,
+               ncol=min(len(labels), 5) or 1, frameon=False)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -627,11 +669,11 @@ def fig_clients_over_rounds(records: Sequence[RunRecord], path: Path) -> bool:
             if j == 0:
                 ax.set_ylabel(ylabel)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", title="methods", fontsize=8)
+    _bottom_legend(fig, handles, labels)
     fig.suptitle("Client memory utilization (peak/budget; red: the budget) and batch size over rounds\n"
                  "mean over sampled clients and seeds; " + _setting_title(have), fontsize=9)
     _int_rounds(axes)
-    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return True
@@ -665,11 +707,11 @@ def fig_flops_saved(records: Sequence[RunRecord], path: Path) -> bool:
         ax.set_title("budget " + (f"{b:.3g} MB" if b is not None else "all runs") if len(budgets) > 1
                      else "")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", title="methods", fontsize=8)
+    _bottom_legend(fig, handles, labels)
     fig.suptitle("Backprop FLOPs saved per client round (mean over sampled clients and seeds)\n"
                  + _setting_title(have), fontsize=9)
     _int_rounds(axes)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return True
@@ -704,11 +746,11 @@ def fig_accuracy_over_rounds(records: Sequence[RunRecord], path: Path) -> bool:
         if len(budgets) > 1:
             ax.set_title("budget " + (f"{b:.3g} MB" if b is not None else "n/a"))
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", title="methods", fontsize=8)
+    _bottom_legend(fig, handles, labels)
     fig.suptitle("Global model accuracy after each round (mean over seeds)\n" + _setting_title(have),
                  fontsize=9)
     _int_rounds(axes)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return True

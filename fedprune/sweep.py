@@ -254,9 +254,12 @@ def run_status(run_dir: Path) -> str:
 
 
 def check_run_folder(plan: RunPlan, run_dir: Path) -> None:
-    """``SweepError`` if the folder holds a run of different settings than the plan."""
+    """``SweepError`` if the folder holds a finished or resumable run of other settings than the plan.
+
+    An unfinished run without a checkpoint is restarted clean anyway, so it takes the new settings.
+    """
     cfg_file = run_dir / CONFIG_FILE
-    if not cfg_file.is_file():
+    if run_status(run_dir) not in ("done", "resumable"):
         return
     try:
         stored = to_dict(load_config(cfg_file))
@@ -267,7 +270,7 @@ def check_run_folder(plan: RunPlan, run_dir: Path) -> None:
     diff = _first_difference(_comparable(stored), _comparable(to_dict(plan.config)))
     if diff:
         raise SweepError(f"{run_dir}: holds a run with other settings than the sweep now plans: {diff}; "
-                         f"the sweep file changed - use another --out, or delete that run folder")
+                         f"the sweep file (or a default) changed - use another --out, or delete that run folder")
 
 
 def reap_orphans(run_dirs: list[Path]) -> list[int]:

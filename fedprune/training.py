@@ -51,7 +51,8 @@ class TrainConfig:
     ``batch_size`` is the batch without a budget and the reference batch of ``lr`` for
     ``lr_scaling``; with a budget the batch is whatever fits in ``[min_batch, max_batch]``.
     ``measure_every`` > 0 also measures the memory peak every that many steps (costly on CPU).
-    ``eval_batch`` is the chunk size of no-budget evaluations.
+    ``eval_batch`` is the chunk size of no-budget evaluations. ``lr_schedule``: ``"constant"`` or
+    ``"cosine"`` (``lr * (1 + cos(pi * progress)) / 2`` over the *total* progress, all rounds).
     """
 
     epochs: int = 1
@@ -65,6 +66,7 @@ class TrainConfig:
     device: str = "cpu"
     measure_every: int = 0
     eval_batch: int = 512
+    lr_schedule: str = "constant"
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first bad field; return ``self``."""
@@ -77,6 +79,8 @@ class TrainConfig:
                              "need 1 <= min_batch <= max_batch")
         if not self.min_batch <= self.batch_size <= self.max_batch:
             raise ValueError(f"train.batch_size={self.batch_size}: must be in [min_batch, max_batch]")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule={self.lr_schedule!r}: expected 'constant' or 'cosine'")
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(f"train.lr_scaling={self.lr_scaling!r}: expected one of {', '.join(LR_SCALINGS)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -305,6 +309,20 @@ class _Trainer:
                                        step_fn=self._step_fn())
         return int(est.total_bytes) + self._extra_bytes()
 
+    def current_lr(self) -> float:
+        """``cfg.lr`` scaled for the batch (``lr_scaling``) and the progress (``lr_schedule``)."""
+        ctx = self.ctx
+        lr = scale_lr(ctx.cfg.lr, ctx.batch_size, ctx.cfg.batch_size, ctx.cfg.lr_scaling)
+        if ctx.cfg.lr_schedule == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * ctx.progress))
+        return lr
+
+    def update_lr(self) -> None:
+        if self.ctx.optimizer is not None:
+            lr = self.current_lr()
+            for g in self.ctx.optimizer.param_groups:
+                g["lr"] = lr
+
     def set_batch(self, batch: int) -> None:
         """Use ``batch`` from the next step on (learning rate rescaled; prediction recorded)."""
         ctx = self.ctx
@@ -314,17 +332,13 @@ class _Trainer:
         if not self.batches or self.batches[-1] != ctx.batch_size:
             self.batches.append(ctx.batch_size)
         self.report.record_batch(ctx.batch_size)
-        lr = scale_lr(ctx.cfg.lr, ctx.batch_size, ctx.cfg.batch_size, ctx.cfg.lr_scaling)
-        if ctx.optimizer is not None:
-            for g in ctx.optimizer.param_groups:
-                g["lr"] = lr
+        self.update_lr()
         self._predicted = self.predicted_peak(ctx.batch_size)
         self.report.record_prediction(self._predicted, ctx.batch_size)
 
     def build_optimizer(self) -> None:
         ctx = self.ctx
-        lr = scale_lr(ctx.cfg.lr, ctx.batch_size, ctx.cfg.batch_size, ctx.cfg.lr_scaling)
-        ctx.optimizer = ctx.cfg.optimizer.build(ctx.model.parameters(), lr)
+        ctx.optimizer = ctx.cfg.optimizer.build(ctx.model.parameters(), self.current_lr())
         self._fresh_optimizer = True  # its state appears in the first step: measure the second
 
     # -- structure ------------------------------------------------------------------------
@@ -446,6 +460,8 @@ class _Trainer:
                 if b < 2 and pos > 0:  # a trailing batch of one (BatchNorm cannot train on it)
                     break
                 idx = perm[pos: pos + b]
+                if ctx.cfg.lr_schedule != "constant":
+                    self.update_lr()
                 measure = (ctx.need_measure and not self._fresh_optimizer) or (
                     ctx.cfg.measure_every > 0 and self.stats["steps"] % ctx.cfg.measure_every == 0)
 
@@ -480,6 +496,15 @@ class _Trainer:
             if self.epoch_callback is not None:
                 self.epoch_callback(epoch, ctx, {"train_loss": last_loss, "train_accuracy": last_acc})
         return last_loss, last_acc
+
+
+def _dense_reference_flops(graph, example: torch.Tensor) -> int:
+    """Backward FLOPs per sample of the dense reference architecture (shapes only, on meta)."""
+    try:
+        ref = graph.build_compact(graph.full_mask(), device="meta")
+        return dense_bprop_flops(layer_costs(ref, example.to("meta")))
+    except Exception:  # pragma: no cover - a module that cannot run on meta
+        return dense_bprop_flops(layer_costs(graph.build_compact(graph.full_mask()), example))
 
 
 def _split_state(state: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
@@ -564,8 +589,7 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     trainer.set_batch(batch)
     for m in objs:
         m.begin(ctx)
-    trainer._ref_flops = dense_bprop_flops(layer_costs(graph.build_compact(graph.full_mask()),
-                                                       trainer._example()))
+    trainer._ref_flops = _dense_reference_flops(graph, trainer._example())
     trainer.bind()
     neurons_before = mask.num_alive()
     try:
@@ -679,6 +703,8 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
                "nonzero_params": _nonzero_params(ctx.model),
                "neurons": format_neurons(neurons_per_layer(ctx.graph, ctx.mask)),
                "wall_seconds": time.perf_counter() - t0}
+        if ctx.frozen_fraction:
+            row["frozen_fraction"] = {k: round(v, 4) for k, v in ctx.frozen_fraction.items()}
         row["val_loss"], row["val_accuracy"] = evaluate(ctx.model, ctx.val_x, ctx.val_y)
         if eval_test_every_epoch:
             row["test_loss"], row["test_accuracy"] = evaluate(ctx.model, test.x, test.y)

@@ -46,3 +46,12 @@ def test_client_state_picks_the_newest_earlier_round(tmp_path):
     st = load_client_state(tmp_path, 0, before_round=3)
     assert st["neq"]["evals"] == 2 and (st["neq"]["vel/fc1"] == 2).all()
     assert load_client_state(tmp_path, 0, before_round=2) is None
+
+
+def test_client_state_flat_keys_roundtrip(tmp_path):
+    """The trainer's method state is flat ("neq/evals"); it comes back exactly as saved."""
+    state = {"neq/evals": 3, "neq/vel/fc1": np.arange(3.0), "serene/best": 0.5}
+    save_client_state(tmp_path, 1, 1, state)
+    back = load_client_state(tmp_path, 1, before_round=2)
+    assert back["neq/evals"] == 3 and back["serene/best"] == 0.5
+    np.testing.assert_array_equal(back["neq/vel/fc1"], np.arange(3.0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -49,7 +50,10 @@ NODES = [
 
 def _processes_using(ports: list[int]) -> list[str]:
     """Command lines of live processes that name one of ``ports`` (ours: Flower passes them on)."""
-    marks = [f":{p}" for p in ports] + [f"--port {p}" for p in ports]
+    if not ports:
+        return []
+    alternatives = "|".join(str(p) for p in ports)
+    pattern = re.compile(rf"(?::|--port )(?:{alternatives})(?![0-9])")
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -59,7 +63,7 @@ def _processes_using(ports: list[int]) -> list[str]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and any(m in cmd for m in marks):
+        if state != "Z" and pattern.search(cmd):
             found.append(f"{pid}: {cmd[:200]}")
     return found
 

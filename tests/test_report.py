@@ -142,6 +142,10 @@ def test_budget_column_is_the_mean_client_budget(report):
         assert math.isclose(row["budget_mb"], expect, rel_tol=1e-12)
         assert 0.5 <= row["mean_utilization"] <= 0.99  # clients that did not fit are left out
         assert row["does_not_fit"] in (0, 1)
+        per_device = {k: v for k, v in row.items() if k.startswith("did_not_fit:")}
+        assert set(per_device) == {"did_not_fit:pi-zero-2w", "did_not_fit:pi3b", "did_not_fit:pi4-2gb"}
+        assert per_device["did_not_fit:pi-zero-2w"] == row["does_not_fit"]  # only client 0 failed
+        assert sum(per_device.values()) == row["does_not_fit"]
 
 
 def test_figures_exist_and_are_small(report):

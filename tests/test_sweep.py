@@ -194,10 +194,12 @@ def test_unfinished_run_without_checkpoint_restarts_clean(sweep_file, tmp_path, 
     first.mkdir(parents=True)
     (first / "flwr.log").write_text("killed before round 1\n")
     (first / "junk").write_text("x")
+    (first / "config.toml").write_text(BASE.replace("num-rounds = 3", "num-rounds = 9"))  # other settings
     log = tmp_path / "log.txt"
     monkeypatch.setenv("FAKE_SWEEP_LOG", str(log))
     res = Sweep(spec, out, runner=fake_runner, quiet=True).run()
     assert len(res.done) == 8 and not (first / "junk").exists()
+    assert len(read_metrics(first)) == 3  # restarted with the plan's settings
 
 
 def test_failed_runs_do_not_stop_the_sweep_and_are_retried(sweep_file, tmp_path, monkeypatch):

@@ -88,7 +88,7 @@ class SeReNeConfig:
     sensitivity: str = "lower_bound"
     sensitivity_scale: float = 1.0
     sensitivity_every: int = 1
-    pwe: int = 1
+    pwe: int = 0
     twt: float = 0.05
     threshold_samples: int = 2048
     remove_neurons: bool = True
@@ -145,7 +145,7 @@ class LobsterConfig:
     """
 
     lmbda: float = 1e-4
-    pwe: int = 1
+    pwe: int = 0
     twt: float = 0.05
     threshold_samples: int = 2048
 
