@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
 
-    base_cfg = TrainConfig(epochs=epochs, lr=a.lr, batch_size=a.batch, optimizer=opt, seed=a.seed)
+    base_cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, optimizer=opt, seed=a.seed)
     print(f"dense baseline: lenet5, batch {a.batch}, {epochs} epochs, no budget")
     base, _ = run_centralized("lenet5", base_cfg, "none", log=log, **sub)
 
-    cfg = TrainConfig(epochs=epochs, lr=a.lr, batch_size=a.batch, min_batch=8, max_batch=a.max_batch,
+    cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, min_batch=8, max_batch=a.max_batch,
                       lr_scaling="sqrt", optimizer=opt, seed=a.seed)
     print(f"DynHP: budget {budget} bytes (dense predicted peak at batch {a.batch} / {1 - margin}), {dcfg}")
     dyn, res = run_centralized("lenet5", cfg, "dynhp", {"dynhp": dcfg}, budget, log=log, **sub)

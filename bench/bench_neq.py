@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_pair(model: str, epochs: int, lr: float, batch: int, seed: int, ncfg: NEqConfig, sub: dict) -> dict:
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch, seed=seed,
+    cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=lr, batch_size=batch, seed=seed,
                       optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
     print(f"{model}: NEq off, {epochs} epochs")

@@ -58,7 +58,7 @@ def dense_layer_params(model_name: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: 2000 samples, 2 epochs")
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lmbda", type=float, default=SeReNeConfig.lmbda)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     epochs = 2 if a.quick else a.epochs
     sub = {"max_train_samples": 2000, "max_test_samples": 1000} if a.quick else {}
-    cfg = TrainConfig(epochs=epochs, lr=a.lr, batch_size=a.batch, seed=a.seed,
+    cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, seed=a.seed,
                       optimizer=OptimizerSpec("sgd", momentum=0.9))
     scfg = SeReNeConfig(lmbda=a.lmbda, twt=a.twt, pwe=a.pwe)
     if a.quick:

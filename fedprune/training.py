@@ -268,11 +268,14 @@ class _Trainer:
 
     # -- memory / batch -------------------------------------------------------------------
     def _extra_bytes(self) -> int:
-        """Bytes methods keep between steps: one bool mask per conv/linear weight per pruner."""
+        """Bytes methods keep between steps: one bool mask per conv/linear weight per pruner
+        (torch, also named to the tracker) plus their host state (``Method.extra_bytes``)."""
         pruners = sum(1 for m in self.methods if getattr(m, "pruner", None) is not None)
-        if not pruners:
-            return 0
-        return pruners * sum(p.numel() for p in self.ctx.model.parameters() if p.dim() >= 2)
+        masks = pruners * sum(p.numel() for p in self.ctx.model.parameters() if p.dim() >= 2)
+        return masks + self._host_bytes()
+
+    def _host_bytes(self) -> int:
+        return sum(int(m.extra_bytes(self.ctx)) for m in self.methods)
 
     def _extra_tensors(self) -> list[torch.Tensor]:
         out = []
@@ -290,7 +293,8 @@ class _Trainer:
         """Largest batch that fits the budget (0 if none), or ``cfg.batch_size`` without one.
 
         The budget is reduced by the methods' persistent tensors and divided by the calibration
-        factor (measured / predicted peak, >= 1) learnt from earlier measurements.
+        factor (measured / predicted peak, >= 1) learnt from earlier measurements; the batch is
+        capped at the number of training samples.
         """
         ctx, cfg = self.ctx, self.ctx.cfg
         if ctx.budget_bytes is None:
@@ -298,9 +302,12 @@ class _Trainer:
         budget = int((int(ctx.budget_bytes) - self._extra_bytes()) / self.calibration)
         if budget <= 0:
             return 0
-        b = max_batch_size(ctx.model, budget, ctx.input_shape, cfg.optimizer, min_batch=cfg.min_batch,
-                           max_batch=cfg.max_batch, step_fn=self._step_fn())
-        return int(b) if b and b >= cfg.min_batch else 0
+        n = max(1, len(ctx.train_x))  # a batch larger than the data set buys nothing
+        hi = min(cfg.max_batch, n)
+        lo = min(cfg.min_batch, hi)
+        b = max_batch_size(ctx.model, budget, ctx.input_shape, cfg.optimizer, min_batch=lo,
+                           max_batch=hi, step_fn=self._step_fn())
+        return int(b) if b and b >= lo else 0
 
     def predicted_peak(self, batch: int) -> int:
         """Predicted step peak at ``batch`` (estimate of the method step + persistent extras)."""
@@ -415,7 +422,7 @@ class _Trainer:
                                     tensors=[xb, yb, *self._extra_tensors()])
         with tracker:
             res = self.step(xb, yb)
-        peak = int(tracker.peak_bytes)
+        peak = int(tracker.peak_bytes) + self._host_bytes()  # host state the tracker cannot see
         self.stats["measurements"] += 1
         self.stats["last_measured_peak_bytes"] = peak
         self.report.record_measurement(peak, tracker.rss_bytes, batch_size=len(xb), step=self.stats["steps"])
@@ -578,12 +585,13 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
         metrics.update(trainer.report.to_metrics())
         return TrainResult(model, mask, 0, metrics, dict(method_state or {}))
 
-    batch = trainer.fit_batch()
-    if batch < cfg.min_batch or batch == 0:
-        return not_fit(f"min_batch={cfg.min_batch} does not fit budget_bytes={budget_bytes}")
-
     for m in objs:
         m.load_state_dict(_split_state(method_state, m.name))
+    ctx.sites = build_sites(graph, model, mask)  # methods' state sizes depend on them
+    batch = trainer.fit_batch()
+    if batch == 0:
+        return not_fit(f"min_batch={cfg.min_batch} does not fit budget_bytes={budget_bytes}")
+
     ctx.batch_size = batch
     trainer.build_optimizer()
     trainer.set_batch(batch)

@@ -148,3 +148,13 @@ def test_train_centralized_quick():
     assert out["neurons"].startswith("[") and out["neurons"].endswith("[10]")
     assert out["compression"] >= 5.0  # end_progress 0.75 < 1: the target is reached in one run
     assert "cpu_count" in out["machine"]
+
+
+def test_cosine_schedule_and_linear_scaling(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    cfg = TrainConfig(epochs=1, lr=0.1, batch_size=16, lr_schedule="cosine")
+    res = train_local(graph.compact(dense, mask), mask, graph, client(96), cfg, "none", None, None, None, 1, 2)
+    assert res.metrics["lr_final"] < 0.1 * 0.01  # end of the last round: cosine is ~0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step").validate()

@@ -75,6 +75,14 @@ class Method:
         return None
 
     # ------------------------------------------------------------------ reporting / state
+    def extra_bytes(self, ctx) -> int:
+        """Bytes of host (numpy) state the method keeps alive during training (budget accounting).
+
+        Torch tensors kept between steps are reported by the trainer itself; this is for state the
+        tensor tracker cannot see. Must be an upper bound valid from the start of training.
+        """
+        return 0
+
     def metrics(self, ctx) -> dict[str, Any]:
         """Flat JSON-able metrics of this call, keys prefixed with ``<name>_``."""
         return {}

@@ -115,11 +115,13 @@ class NEqConfig:
     the previous evaluation by cosine similarity ``phi``; the velocity ``v = (phi_t - phi_{t-1}) -
     mu_eq * v_{t-1}`` (eq. 3 of the paper, unrolled) decides: ``|v| < eps`` freezes the neuron for the
     epoch. With ``skip_layer_grad`` a layer whose neurons are all frozen gets ``requires_grad=False``
-    (its weight gradient is not computed at all).
+    (its weight gradient is not computed at all). Defaults: ``mu_eq = 0`` because eq. 3 weighs the
+    first similarity ``phi^0`` (about 1) by ``mu^t``, which keeps every neuron "moving" for the
+    first ~log(eps)/log(mu) evaluations, i.e. for most of a run of a few epochs/rounds.
     """
 
-    eps: float = 1e-3
-    mu_eq: float = 0.5
+    eps: float = 0.02
+    mu_eq: float = 0.0
     val_samples: int = 256
     max_spatial: int = 8
     skip_layer_grad: bool = True

@@ -93,6 +93,7 @@ class NEq(Method):
         self._nograd: list[torch.nn.Parameter] = []
         self._frozen_hist: list[float] = []
         self._eval_seconds = 0.0
+        self._positions: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -122,6 +123,51 @@ class NEq(Method):
                 self.vel[g] = arr.astype(np.float64)
             elif kind == "frozen":
                 self.frozen[g] = arr.astype(bool)
+
+    def extra_bytes(self, ctx) -> int:
+        """Host bytes of the NEq state: the stored outputs (float16) and per-neuron vectors.
+
+        An upper bound from the start: computed from the output shapes of one forward pass when no
+        state exists yet.
+        """
+        actual = sum(a.nbytes for a in self.prev.values())
+        actual += sum(a.nbytes + self.vel[g].nbytes + self.frozen[g].nbytes for g, a in self.phi.items())
+        n = min(self.cfg.val_samples, len(ctx.val_x))
+        if self._positions is None:
+            self._positions = self._output_positions(ctx)
+        expected = sum(site.dense_size * (n * self._positions.get(g, 1) * 2 + 17)
+                       for g, site in ctx.sites.items())
+        return int(max(actual, expected))
+
+    @torch.no_grad()
+    def _output_positions(self, ctx) -> dict[str, int]:
+        """Pooled positions per neuron of every group's outputs (one eval forward of one sample)."""
+        pos: dict[str, int] = {}
+        modules = dict(ctx.model.named_modules())
+        handles = []
+
+        def hook(groups):
+            def fn(mod, inp, out):
+                per = neuron_outputs(out.detach()[:1].float(), self.cfg.max_spatial).shape[1]
+                for g in groups:
+                    pos[g] = pos.get(g, 0) + int(per)
+            return fn
+
+        by_module: dict[str, list[str]] = {}
+        for g, site in ctx.sites.items():
+            for mname, _ in site.outputs:
+                by_module.setdefault(mname, []).append(g)
+        for mname, groups in by_module.items():
+            handles.append(modules[mname].register_forward_hook(hook(groups)))
+        was_training = ctx.model.training
+        ctx.model.eval()
+        try:
+            ctx.model(ctx.val_x[:1])
+        finally:
+            for h in handles:
+                h.remove()
+            ctx.model.train(was_training)
+        return pos
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -291,4 +337,5 @@ class NEq(Method):
             "neq_frozen_frac_mean": float(np.mean(self._frozen_hist)) if self._frozen_hist else 0.0,
             "neq_layers_skipped": int(len(self._nograd)),
             "neq_eval_seconds": float(self._eval_seconds),
+            "neq_state_bytes": int(sum(a.nbytes for a in self.prev.values())),
         }

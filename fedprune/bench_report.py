@@ -1,0 +1,192 @@
+"""Turn the benchmark JSON files (``bench/results/*.json``) into ``bench/RESULTS.md``.
+
+Each benchmark writes its own JSON; this module reads them, pulls out each one's headline figures and
+targets, and writes one Markdown page: a headline table (figure, ours, target, met) plus a section per
+benchmark. ``update_readme`` copies the headline table into README.md between the markers
+``<!-- bench:start -->`` and ``<!-- bench:end -->``, so the README quotes generated numbers only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+Row = tuple[str, str, str, str]  # figure, measured, target, met
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _g(d: Any, *path: str, default: Any = None) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def _met(flag: Any) -> str:
+    return "n/a" if flag is None else ("yes" if flag else "**no**")
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}%"
+
+
+def _num(x: Any, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _overhead(d: dict) -> list[Row]:
+    return [("simulator overhead: fedprune (methods off) / plain Flower FedAvg, wall time",
+             f"{_num(d.get('wall_ratio'), '{:.3f}')}x", "<= 1.10x", _met(d.get("target_met")))]
+
+
+def _pipeline(d: dict) -> list[Row]:
+    r, t = d.get("ratios", {}), d.get("targets_met", {})
+    return [
+        ("pipeline serene+neq+dynhp vs FedAvg: wall time", f"{_num(r.get('wall_time'), '{:.2f}')}x", "< 1.0x",
+         _met(t.get("wall_time_lt_1"))),
+        ("pipeline: final params reduction", f"{_num(r.get('params_reduction'), '{:.1f}')}x", ">= 10x",
+         _met(t.get("params_reduction_ge_10x"))),
+        ("pipeline: accuracy gap", f"{_num(r.get('accuracy_gap_points'))} points", "<= 1 point",
+         _met(t.get("accuracy_gap_le_1_point"))),
+        ("pipeline: upload bytes vs dense FedAvg", f"{_num(r.get('upload_bytes_vs_dense_fedavg'), '{:.2f}')}x",
+         "<= 0.5x", _met(t.get("upload_le_half"))),
+    ]
+
+
+def _memory_model(d: dict) -> list[Row]:
+    s = d.get("summary", {})
+    return [("memory model: max / median relative error (predicted vs measured peak)",
+             f"{_pct(s.get('max_rel_error'))} / {_pct(s.get('median_rel_error'))} over {s.get('n')} configs",
+             "<= 10% / <= 5%", _met(s.get("pass")))]
+
+
+def _adherence(d: dict) -> list[Row]:
+    t = d.get("targets_met", {})
+    return [("budget adherence: violations (budgets 10-100% of dense need)", str(d.get("violations")), "0",
+             _met(t.get("zero_violations"))),
+            ("budget adherence: mean utilization after pruning", _pct(d.get("mean_utilization_after_round_1")),
+             ">= 90%", _met(t.get("utilization_ge_90pct")))]
+
+
+def _surgery(d: dict) -> list[Row]:
+    rows = []
+    for r in d.get("results", []):
+        rows.append((f"compact vs masked-dense latency: {r.get('model')} {int(100 * r.get('neurons_pruned', 0))}% "
+                     f"pruned, batch {r.get('batch')}",
+                     f"{_num(r.get('speedup'))}x (FLOPs ratio {_num(r.get('flops_ratio'), '{:.1f}')})",
+                     ">= 0.7 x FLOPs ratio", _met(r.get("meets_target", r.get("meets")))))
+    return rows
+
+
+def _serene(d: dict) -> list[Row]:
+    s, t = d.get("serene", {}), d.get("targets", {})
+    return [("SeReNe lenet5: compression (non-zero params) / neurons",
+             f"{_num(s.get('compression_nonzero'), '{:.1f}')}x / {s.get('neurons')}", ">= 20x (paper: 177x on MNIST)",
+             _met(t.get("params_20x_fewer_nonzero"))),
+            ("SeReNe lenet5: structural compression (physically removed)",
+             f"{_num(s.get('compression_structural'), '{:.1f}')}x", ">= 20x", _met(t.get("params_20x_fewer_structural"))),
+            ("SeReNe lenet5: accuracy loss", f"{_num(d.get('accuracy_loss_points'))} points", "<= 1 point",
+             _met(t.get("accuracy_loss_le_1_point")))]
+
+
+def _neq(d: dict) -> list[Row]:
+    rows = []
+    for r in d.get("results", []):
+        m = r.get("model")
+        t = _g(d, "targets", m, default={})
+        saved = r.get("bprop_flops_saved_frac", _g(r, "neq", "bprop_flops_saved_frac"))
+        loss = r.get("accuracy_loss_points")
+        rows.append((f"NEq {m}: backprop FLOPs saved (paper: -23% on ResNet-18/ImageNet)", _pct(saved), ">= 20%",
+                     _met(t.get("bprop_flops_20pct_fewer"))))
+        rows.append((f"NEq {m}: accuracy loss", f"{_num(loss)} points", "<= 0.5 point",
+                     _met(t.get("accuracy_loss_le_0_5_point"))))
+    return rows
+
+
+def _dynhp(d: dict) -> list[Row]:
+    t = d.get("targets", {})
+    return [("DynHP lenet5: parameter reduction", f"{_num(d.get('compression'), '{:.1f}')}x",
+             ">= 5x (paper: up to 10x)", _met(t.get("params_5x_fewer", t.get("compression_ge_5x")))),
+            ("DynHP lenet5: peak training memory saved", _pct(d.get("memory_reduction")),
+             ">= 50% (paper: up to 80%)", _met(t.get("memory_50pct_lower", t.get("memory_reduction_ge_50pct")))),
+            ("DynHP lenet5: accuracy loss", f"{_num(d.get('accuracy_loss_points'))} points", "<= 2 points (paper: <= 3.5)",
+             _met(t.get("accuracy_loss_le_2_points")))]
+
+
+def _scale(d: dict) -> list[Row]:
+    return [("scale: 100 clients (10 per round), peak host memory",
+             f"{_num((d.get('peak_host_memory_bytes') or 0) / 2**30)} GiB", "fits 24 GiB", _met(d.get("fits"))),
+            ("scale: seconds per round", _num(d.get("seconds_per_round"), "{:.1f}"), "-", "n/a")]
+
+
+RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
+    "overhead": _overhead, "pipeline": _pipeline, "memory_model": _memory_model, "adherence": _adherence,
+    "surgery": _surgery, "serene": _serene, "neq": _neq, "dynhp": _dynhp, "scale": _scale,
+}
+
+
+def load_results(results_dir: str | Path) -> dict[str, dict]:
+    """Every ``<name>.json`` in the folder, by name (unknown names included, rendered generically)."""
+    out = {}
+    for p in sorted(Path(results_dir).glob("*.json")):
+        try:
+            out[p.stem] = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def headline_rows(results: dict[str, dict]) -> list[Row]:
+    """The headline table rows, benchmark by benchmark, in a fixed order."""
+    rows: list[Row] = []
+    for name, render in RENDERERS.items():
+        if name in results:
+            try:
+                rows += render(results[name])
+            except (TypeError, ValueError, KeyError) as err:
+                rows.append((f"{name}: could not read ({err})", "n/a", "n/a", "n/a"))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    """Rows as a Markdown table."""
+    lines = ["| figure | measured | target | met |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results_md(results_dir: str | Path, out: str | Path) -> list[Row]:
+    """Write the benchmark page; returns the headline rows."""
+    results = load_results(results_dir)
+    rows = headline_rows(results)
+    machine = next((r.get("machine") for r in results.values() if r.get("machine")), {})
+    parts = ["# Benchmark results\n",
+             "Generated by `fedprune report bench/results` from the JSON files that `make bench` writes; "
+             "do not edit by hand.\n",
+             f"Machine: {json.dumps(machine, sort_keys=True)}\n",
+             "## Headline\n", table(rows)]
+    for name, data in results.items():
+        parts.append(f"## {name}\n")
+        note = data.get("note") or data.get("notes")
+        if note:
+            parts.append(f"{note}\n")
+        parts.append(f"Source: `bench/results/{name}.json`.\n")
+    Path(out).write_text("\n".join(parts))
+    return rows
+
+
+def update_readme(readme: str | Path, rows: list[Row]) -> bool:
+    """Replace the README's headline table between the bench markers; True if it changed."""
+    path = Path(readme)
+    text = path.read_text()
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{table(rows)}{END}{tail}"
+    if new != text:
+        path.write_text(new)
+        return True
+    return False
