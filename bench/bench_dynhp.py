@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
 
-    base_cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, optimizer=opt, seed=a.seed)
+    base_cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, optimizer=opt,
+                           seed=a.seed)
     print(f"dense baseline: lenet5, batch {a.batch}, {epochs} epochs, no budget")
     base, _ = run_centralized("lenet5", base_cfg, "none", log=log, **sub)
 
-    cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, min_batch=8, max_batch=a.max_batch,
-                      lr_scaling="sqrt", optimizer=opt, seed=a.seed)
+    cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, min_batch=8,
+                      max_batch=a.max_batch, lr_scaling="sqrt", optimizer=opt, seed=a.seed)
     print(f"DynHP: budget {budget} bytes (dense predicted peak at batch {a.batch} / {1 - margin}), {dcfg}")
     dyn, res = run_centralized("lenet5", cfg, "dynhp", {"dynhp": dcfg}, budget, log=log, **sub)
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "dynhp", "quick": a.quick, "model": "lenet5", "dataset": "fashion-mnist",
         "epochs": epochs, "note": f"{epochs} epochs per run so the benchmark fits minutes on 2 shared cores",
         "dynhp_config": dcfg.__dict__, "budget_bytes": budget, "starting_batch": a.batch,
+        "train_config": dyn["train_config"], "baseline_train_config": base["train_config"],
         "baseline": {"test_accuracy": base["test_accuracy"], "params": base["params_dense"],
                      "neurons": base["neurons"], "wall_seconds": base["wall_seconds"]},
         "dynhp": {"test_accuracy": dyn["test_accuracy"], "params": dyn["params_alive"],
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"dense:  acc {base['test_accuracy']:.4f}  params {base['params_dense']}  {base['neurons']}  "
           f"peak@{a.batch} {dense_mem.peak_bytes / 2**20:.2f} MiB")
-    print(f"DynHP:  acc {dyn['test_accuracy']:.4f}  params {dyn['params_alive']} ({dyn['compression']:.1f}x)  "
+    print(f"DynHP:  acc {dyn['test_accuracy']:.4f}  params {dyn['params_alive']} "
+          f"({dyn['compression']:.1f}x)  "
           f"{dyn['neurons']}  peak@{a.batch} {pruned_mem.peak_bytes / 2**20:.2f} MiB "
           f"({100 * mem_reduction:.1f}% lower)")
     print(f"batch trajectory: {m['batch_sizes']}  (budget {budget / 2**20:.2f} MiB, "

@@ -47,12 +47,14 @@ def run_pair(model: str, epochs: int, lr: float, batch: int, seed: int, ncfg: NE
     bw_saved = 1.0 - mn["backward_seconds"] / mo["backward_seconds"]
     row = {
         "model": model, "epochs": epochs, "train_samples": on["train_samples"],
+        "train_config": on["train_config"],
         "off": {"test_accuracy": off["test_accuracy"], "bprop_flops_per_sample": mo["bprop_flops"],
                 "backward_seconds": mo["backward_seconds"], "wall_seconds": off["wall_seconds"],
                 "history": off["history"]},
         "on": {"test_accuracy": on["test_accuracy"], "bprop_flops_per_sample": mn["bprop_flops"],
                "backward_seconds": mn["backward_seconds"], "wall_seconds": on["wall_seconds"],
-               "frozen_frac_last_epoch": mn["neq_frozen_frac"], "frozen_frac_mean": mn["neq_frozen_frac_mean"],
+               "frozen_frac_last_epoch": mn["neq_frozen_frac"],
+               "frozen_frac_mean": mn["neq_frozen_frac_mean"],
                "eval_seconds": mn["neq_eval_seconds"], "history": on["history"]},
         "bprop_flops_saved_frac": saved,
         "backward_wall_saved_frac": bw_saved,
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1000 samples, 3 epochs")
     ap.add_argument("--epochs", type=int, default=10, help="epochs for lenet5")
-    ap.add_argument("--resnet-epochs", type=int, default=6)
-    ap.add_argument("--resnet-train-samples", type=int, default=30000,
+    ap.add_argument("--resnet-epochs", type=int, default=10)
+    ap.add_argument("--resnet-train-samples", type=int, default=20000,
                     help="training subset for resnet8 (0 = all 60000) to keep the run in minutes")
     ap.add_argument("--models", default="lenet5,resnet8")
     ap.add_argument("--eps", type=float, default=NEqConfig.eps)

@@ -37,8 +37,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import write_result  # noqa: E402  (bench/common.py)
 from fedprune.config import config_from_dict  # noqa: E402
-from fedprune.results import read_metrics, write_json  # noqa: E402
+from fedprune.results import read_metrics  # noqa: E402
 
 # a mixed Pi fleet of 100 devices; budget-scale 0.01 makes the budgets bind for LeNet-5 (see docs/studies.md)
 FLEET_100 = "pi-zero-2w:20, pi3b:20, pi4-2gb:30, pi4-4gb:20, pi5-8gb:10"
@@ -58,7 +59,7 @@ def bench_config(args: argparse.Namespace) -> dict:
                   "devices": FLEET_100 if args.clients == 100 else "",
                   "budgets-mb": "" if args.clients == 100 else ",".join(["8"] * args.clients),
                   "budget-scale": 0.01 if args.clients == 100 else 1.0},
-        "simulation": {"client-cpus": 1.0},
+        "simulation": {"client-cpus": 1},
     }
 
 
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 rounds, 16 samples per client")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--per-round", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--samples", type=int, default=64, help="max samples per client")
-    ap.add_argument("--methods", default="serene+neq+dynhp")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=128, help="max samples per client")
+    ap.add_argument("--methods", default="dynhp+neq")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     ap.add_argument("--keep", metavar="DIR", help="keep the run's results folder here")
     args = ap.parse_args(argv)
@@ -196,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                     "methods": cfg.methods.enabled, "fleet": cfg.fleet.devices or cfg.fleet.budgets_mb,
                     "budget_scale": cfg.fleet.budget_scale, "client_cpus": cfg.simulation.client_cpus,
                     "quick": bool(args.quick)},
-        "machine": {"cpus": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "host": {"cpus": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
+                 "platform": platform.platform()},
+        # headline figures read by fedprune.bench_report: peak = the conservative RSS sum
+        "peak_host_memory_bytes": sampler.peak_rss,
+        "fits": bool(summary) and sampler.peak_rss < psutil.virtual_memory().total,
+        "seconds_per_round": statistics.fmean(secs[1:]) if len(secs) > 1 else (secs[0] if secs else None),
         "peak_rss_bytes": sampler.peak_rss,
         "peak_rss_gib": round(sampler.peak_rss / 2**30, 3),
         "peak_pss_bytes": sampler.peak_pss,
@@ -207,21 +212,23 @@ def main(argv: list[str] | None = None) -> int:
         "host_available_drop_bytes": baseline_available - min_available,
         "round_seconds": secs,
         "seconds_per_round_mean": statistics.fmean(secs) if secs else None,
-        "seconds_per_round_after_first": statistics.fmean(secs[1:]) if len(secs) > 1 else None,
         "startup_seconds": first_round_at[0] - (secs[0] if secs else 0) if first_round_at else None,
         "wall_seconds": wall,
         "final_accuracy": summary.get("final_accuracy"),
         "final_params": summary.get("final_params"),
         "client_failures": summary.get("client_failures"),
         "rss_timeline": sampler.timeline[:: max(1, len(sampler.timeline) // 200)],
-        "notes": "RSS sums count shared pages (torch, Ray libraries) once per process and over-state "
-                 "real use; PSS divides them among sharers. host_available_drop is machine-wide and "
-                 "includes other users' activity. round_seconds is measured by the server app.",
+        "notes": "100 simulated clients (mixed Pi fleet, budget-scale 0.01), 10 sampled per round, LeNet-5 "
+                 "through Flower + Ray on this machine. Peak host memory = the largest sum of RSS over the "
+                 "whole process tree (SuperLink, SuperExec, Ray GCS/raylet/workers), sampled every 0.5 s; RSS "
+                 "counts shared pages (torch, Ray libraries) once per process and over-states real use, PSS "
+                 "(peak_pss_bytes) divides them among sharers. seconds_per_round is the steady state (rounds "
+                 "after the first, as measured by the server app); the first round also starts the Ray "
+                 "actors. host_available_drop is machine-wide and includes other users' activity.",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)
+    write_result("scale", result, args.out)
     print(json.dumps({k: result[k] for k in ("ok", "peak_rss_gib", "peak_pss_gib", "peak_processes",
-                                             "seconds_per_round_mean", "seconds_per_round_after_first",
+                                             "seconds_per_round", "seconds_per_round_mean",
                                              "startup_seconds", "wall_seconds", "final_accuracy")}, indent=1))
     if not result["ok"]:
         print(f"bench_scale: the run did not finish; see {run_dir / 'flwr.log'}", file=sys.stderr)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "serene", "quick": a.quick, "model": "lenet5", "dataset": "fashion-mnist",
         "epochs": epochs, "note": (f"{epochs} epochs for both runs so the full benchmark fits minutes on "
                                    "2 shared cores (the paper trains for hundreds)"),
-        "serene_config": scfg.__dict__,
+        "serene_config": scfg.__dict__, "train_config": ser["train_config"],
         "baseline": {"test_accuracy": base["test_accuracy"], "neurons": base["neurons"],
                      "params": base["params_dense"], "wall_seconds": base["wall_seconds"]},
         "serene": {"test_accuracy": ser["test_accuracy"], "neurons": ser["neurons"],
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     out["targets"]["all_met"] = bool(out["targets"]["params_20x_fewer_nonzero"]
                                      and out["targets"]["accuracy_loss_le_1_point"])
     print()
-    print(f"{'Approach':<10} {'Conv1':>7} {'Conv2':>7} {'FC1':>7} {'FC2':>7} {'Compr.':>8}  {'Neurons':<24} Top-1 err")
+    print(f"{'Approach':<10} {'Conv1':>7} {'Conv2':>7} {'FC1':>7} {'FC2':>7} {'Compr.':>8}  "
+          f"{'Neurons':<24} Top-1 err")
     print(f"{'Baseline':<10} {100:>7.2f} {100:>7.2f} {100:>7.2f} {100:>7.2f} {'1x':>8}  {base['neurons']:<24} "
           f"{100 * (1 - base['test_accuracy']):.2f}%")
     pct = [r["remaining_pct"] for r in table]

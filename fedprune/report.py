@@ -58,6 +58,7 @@ class RunRecord:
     overrides: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    config_notes: list[str] = field(default_factory=list)  # keys the current schema had to adapt
 
     @property
     def done(self) -> bool:
@@ -68,20 +69,50 @@ def _is_run_dir(p: Path) -> bool:
     return (p / CONFIG_FILE).is_file() and ((p / METRICS_FILE).is_file() or (p / SUMMARY_FILE).is_file())
 
 
-def _read_run(run_dir: Path, rid: str, overrides: dict[str, Any]) -> RunRecord:
-    from fedprune.config import ConfigError, load_config
+def load_config_lenient(path: Path) -> tuple[Any, list[str]]:
+    """A run's config even when the schema moved on since the run: a key the current schema rejects
+    is coerced (``1.0`` -> ``1`` for an integer key) or dropped (back to its default). Returns the
+    config (``None`` if still unreadable) and one note per key changed."""
+    import tomllib
+
+    from fedprune.config import ConfigError, config_from_dict
 
     try:
-        cfg = load_config(run_dir / CONFIG_FILE)
-    except (ConfigError, OSError):
-        cfg = None
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        return None, [f"{path.name}: {err}"]
+    notes: list[str] = []
+    for _ in range(50):
+        try:
+            return config_from_dict(data), notes
+        except ConfigError as err:
+            msg = str(err)
+            key = msg.split(" =", 1)[0].split(":", 1)[0].strip()
+            *parents, leaf = key.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or leaf not in node:
+                return None, notes + [msg]
+            value = node[leaf]
+            if "expected an integer" in msg and isinstance(value, float) and value.is_integer():
+                node[leaf] = int(value)
+                notes.append(f"{key}: {value!r} read as {int(value)}")
+            else:
+                del node[leaf]
+                notes.append(f"{key}: ignored ({msg})")
+    return None, notes
+
+
+def _read_run(run_dir: Path, rid: str, overrides: dict[str, Any]) -> RunRecord:
+    cfg, notes = load_config_lenient(run_dir / CONFIG_FILE)
     summary = None
     if (run_dir / SUMMARY_FILE).is_file():
         try:
             summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         except json.JSONDecodeError:
             summary = None
-    return RunRecord(rid, run_dir, cfg, dict(overrides), summary, read_metrics(run_dir))
+    return RunRecord(rid, run_dir, cfg, dict(overrides), summary, read_metrics(run_dir), notes)
 
 
 def collect_runs(path: str | Path) -> tuple[str, list[RunRecord]]:
@@ -225,6 +256,9 @@ def run_row(rec: RunRecord) -> dict[str, Any]:
     row["mean_batch"] = _mean(client_value(c, "batch") for c in clients)
     row["mean_bprop_flops_saved"] = _mean(client_value(c, "flops_saved") for c in clients)
     row["does_not_fit"] = int(sum(1 for c in clients if c.get("does_not_fit")))
+    fails = [(k, str(v)) for r in rec.rows for k, v in (r.get("failures") or {}).items()]
+    row["client_errors"] = sum(1 for k, v in fails if k != "round" and "does not fit" not in v)
+    row["rounds_dropped"] = sum(1 for k, _ in fails if k == "round")
     row["mean_round_seconds"] = _mean(_num(r.get("round_seconds")) for r in rec.rows)
     row.update(device_breakdown(rec))
     return row
@@ -257,7 +291,8 @@ def device_breakdown(rec: RunRecord) -> dict[str, Any]:
 
 
 GROUP_FIELDS = ("final_accuracy", "final_params", "compression", "final_flops", "mean_utilization",
-                "mean_batch", "mean_bprop_flops_saved", "budget_violations", "does_not_fit")
+                "mean_batch", "mean_bprop_flops_saved", "budget_violations", "does_not_fit",
+                "client_errors", "rounds_dropped")
 
 
 def group_key_fields(records: Sequence[RunRecord]) -> list[str]:
@@ -404,7 +439,8 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
              f"budget level of its clients; ± is the standard deviation over seeds. *mean util.*: measured "
              f"peak / budget over client-rounds that trained; *did not fit*: client-rounds where not even "
              f"min-batch fitted the budget (the client skipped the round); *violations*: measured steps "
-             f"whose peak exceeded the budget.", ""]
+             f"whose peak exceeded the budget; *client errors*: client-rounds that failed otherwise (exceptions, "
+             f"invalid replies); *rounds dropped*: rounds with too few valid replies (global model unchanged).", ""]
     if first is not None:
         c = first.config
         parts += [f"Setting: {c.data.dataset}, {c.model.name}, {c.fleet.num_clients} clients "
@@ -419,11 +455,20 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
         if levels:
             parts += ["Budget level per device (MB) at each run budget (mean over the fleet):", "",
                       levels, ""]
+    broken = [r["run"] for r in rows if r.get("client_errors") or r.get("rounds_dropped")]
+    if broken:
+        parts += [f"**Warning: {len(broken)} run(s) had client errors or dropped rounds** (see the columns "
+                  f"*client errors* / *rounds dropped* and each run's `metrics.jsonl` `failures`): "
+                  f"{', '.join(broken[:6])}{' ...' if len(broken) > 6 else ''}.", ""]
+    notes = sorted({n.split(":", 1)[0] for r in records for n in r.config_notes})
+    if notes:
+        parts += [f"Note: these runs were made with an older config schema; read with defaults or "
+                  f"coerced values for: {', '.join(notes)}.", ""]
     if groups:
         keys = group_key_fields(records)
         header = ["method", "budget (MB)"] + [k for k in keys if k not in ("methods.enabled",)] + [
             "seeds", "accuracy (%)", "final params", "compression", "mean util. (%)", "mean batch",
-            "bprop FLOPs saved (%)", "did not fit", "violations"]
+            "bprop FLOPs saved (%)", "did not fit", "violations", "client errors", "rounds dropped"]
         lines = []
         for g in groups:
             lines.append([g["method"], _fmt(g.get("budget_mb"), "mb")]
@@ -431,7 +476,8 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
                          + [str(g["n"]), _pm(g, "final_accuracy", "pct"), _pm(g, "final_params", "int"),
                             _pm(g, "compression", "x"), _pm(g, "mean_utilization", "pct"),
                             _pm(g, "mean_batch", "mb"), _pm(g, "mean_bprop_flops_saved", "pct"),
-                            _pm(g, "does_not_fit", ""), _pm(g, "budget_violations", "")])
+                            _pm(g, "does_not_fit", ""), _pm(g, "budget_violations", ""),
+                            _pm(g, "client_errors", ""), _pm(g, "rounds_dropped", "")])
         parts += ["## Results (mean over seeds)", "", _md_table(header, lines), ""]
         devs = [k.split(":", 1)[1] for k in groups[0] if k.startswith("batch:") and k.endswith("_mean")]
         devs = [d[: -len("_mean")] for d in devs]
@@ -543,6 +589,13 @@ def fig_accuracy_vs_budget(records: Sequence[RunRecord], path: Path) -> bool:
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
     if xs_all and max(xs_all) / max(min(xs_all), 1e-12) > 4:
         ax.set_xscale("log")
+    ticks = sorted(set(xs_all))
+    if len(ticks) <= 8:  # label the budgets themselves, in plain MB
+        from matplotlib.ticker import NullFormatter, NullLocator
+
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
     ax.set_xlabel("memory budget per client (MB, mean over the fleet)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs. memory budget (points: mean over seeds; bars: min-max)\n"
@@ -580,7 +633,10 @@ def fig_accuracy_vs_params(records: Sequence[RunRecord], path: Path) -> bool:
                     fontsize=8, color="gray")
     params = [r.summary["final_params"] for r in done] + ([dense] if dense else [])
     if max(params) / max(min(params), 1) > 4:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel("parameters of the final simplified model")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs. final model size (one point per run)\n" + _setting_title(records))
@@ -815,9 +871,36 @@ def make_report(path: str | Path, out: str | Path | None = None, figures: bool =
     return Report(kind, out_dir, rows, groups, made)
 
 
+def is_bench_results(path: str | Path) -> bool:
+    """A folder of benchmark JSON files (``bench/results``) and no run folders."""
+    root = Path(path)
+    return (root.is_dir() and not _is_run_dir(root) and not (root / MANIFEST_FILE).is_file()
+            and any(root.glob("*.json")) and not any(root.rglob(CONFIG_FILE)))
+
+
+def bench_report(path: str | Path, out: str | Path | None) -> tuple[Path, bool]:
+    """``bench/results`` -> ``RESULTS.md`` (``fedprune.bench_report``); refreshes the README's headline
+    table when the folder is ``<repo>/bench/results``. Returns (page, README changed)."""
+    from fedprune.bench_report import update_readme, write_results_md
+
+    root = Path(path).resolve()
+    page = Path(out) if out else root.parent / "RESULTS.md"
+    if page.is_dir():
+        page = page / "RESULTS.md"
+    rows = write_results_md(root, page)
+    readme = root.parent.parent / "README.md"
+    changed = root.name == "results" and root.parent.name == "bench" and readme.is_file() \
+        and update_readme(readme, rows)
+    return page, bool(changed)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from fedprune.cli import UsageError
 
+    if is_bench_results(args.path):
+        page, changed = bench_report(args.path, args.out)
+        print(f"fedprune report: benchmark results -> {page}" + ("; README headline table updated" if changed else ""))
+        return 0
     try:
         rep = make_report(args.path, args.out, figures=not args.no_figures)
     except ReportError as err:
@@ -830,8 +913,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_report_parser(sub: Any) -> None:
     """Register ``fedprune report`` on the CLI's subparsers."""
-    r = sub.add_parser("report", help="tables and figures of a run or a sweep",
-                       description="Write report.csv, report.md and PNG figures for a run or sweep folder.")
+    r = sub.add_parser("report", help="tables and figures of a run or a sweep (or bench/results)",
+                       description="Write report.csv, report.md and PNG figures for a run or sweep folder; "
+                                   "for a folder of benchmark JSON files (bench/results), write RESULTS.md.")
     r.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
     r.add_argument("--out", help="folder for the report (default: RUN_OR_SWEEP_DIR)")
     r.add_argument("--no-figures", action="store_true", help="tables only")

@@ -535,8 +535,11 @@ class Sweep:
         if ok:
             try:
                 s = json.loads((run_dir / SUMMARY_FILE).read_text())
+                errors = sum(1 for r in read_metrics(run_dir) for k, v in (r.get("failures") or {}).items()
+                             if k != "round" and "does not fit" not in str(v))
+                warn = f" - WARNING: {errors} client error(s), see metrics.jsonl failures" if errors else ""
                 display.log(f"done {plan.id}: accuracy {s.get('final_accuracy', float('nan')):.4f}, "
-                            f"{s.get('final_params', 0):,} params, {time.perf_counter() - t0:.0f} s")
+                            f"{s.get('final_params', 0):,} params, {time.perf_counter() - t0:.0f} s{warn}")
             except (OSError, ValueError, TypeError):
                 display.log(f"done {plan.id}")
         elif state == "failed":

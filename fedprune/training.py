@@ -14,8 +14,8 @@ If not even ``cfg.min_batch`` fits, nothing is trained and the result says ``doe
 Memory. One step after every change of structure, batch size or frozen set (and every
 ``cfg.measure_every`` steps if > 0) runs under ``PeakMemoryTracker``: the second step after an
 optimizer rebuild, so that its state (momentum) is live, as in every later step. Steps in between
-have the same shapes, hence the same peak. A measured peak above the budget is a *violation*: it is recorded and
-the batch is shrunk proportionally before the next step. Tensors that methods keep between steps
+have the same shapes, hence the same peak. A measured peak above the budget is a *violation*: it is
+recorded and the batch is shrunk proportionally before the next step. Tensors that methods keep between steps
 (LOBSTER/SeReNe weight masks) are counted in both the prediction and the measurement.
 
 No Flower import here: the Flower client app wraps this function.
@@ -82,7 +82,8 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule={self.lr_schedule!r}: expected 'constant' or 'cosine'")
         if self.lr_scaling not in LR_SCALINGS:
-            raise ValueError(f"train.lr_scaling={self.lr_scaling!r}: expected one of {', '.join(LR_SCALINGS)}")
+            raise ValueError(f"train.lr_scaling={self.lr_scaling!r}: expected one of "
+                             f"{', '.join(LR_SCALINGS)}")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"train.device={self.device!r}: expected 'cpu' or 'cuda[:N]'")
         return self
@@ -118,7 +119,8 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 512) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)`` in eval mode.
 
     The model's train/eval mode is restored. Returns ``(nan, nan)`` for an empty set.
@@ -469,7 +471,7 @@ class _Trainer:
                 idx = perm[pos: pos + b]
                 if ctx.cfg.lr_schedule != "constant":
                     self.update_lr()
-                measure = (ctx.need_measure and not self._fresh_optimizer) or (
+                measure = (ctx.need_measure and not self._fresh_optimizer and b == ctx.batch_size) or (
                     ctx.cfg.measure_every > 0 and self.stats["steps"] % ctx.cfg.measure_every == 0)
 
                 def run_step(bb: int, idx=idx, measure=measure):
@@ -552,7 +554,7 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     """
     t_start = time.perf_counter()
     cfg.validate()
-    names = parse_methods(methods) if isinstance(methods, str) else list(methods)
+    names = parse_methods(methods if isinstance(methods, str) else "+".join(methods) or "none")
     if not 0 <= round_idx < num_rounds:
         raise ValueError(f"round_idx={round_idx} must be in [0, num_rounds={num_rounds})")
     if budget_bytes is not None:
@@ -685,7 +687,7 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
     from fedprune.surgery import NeuronGraph, NeuronMask, format_neurons, neurons_per_layer
 
     t0 = time.perf_counter()
-    names = parse_methods(methods) if isinstance(methods, str) else list(methods)
+    names = parse_methods(methods if isinstance(methods, str) else "+".join(methods) or "none")
     if epochs is not None:
         cfg = TrainConfig(**{**cfg.__dict__, "epochs": int(epochs)})
     cfg.validate()

@@ -133,3 +133,27 @@ def test_state_survives_rounds_as_plain_numpy(lenet):
     # round 0 records, round 1 computes phi (|v| = phi < eps), round 2 trains frozen
     assert res.metrics["neq_frozen_frac"] == 1.0
     assert state["neq/prev/fc1"].shape == (500, 8)
+
+
+def test_host_state_is_counted_from_the_start(lenet):
+    """NEq's numpy state is budgeted before it exists (an upper bound valid from step one)."""
+    from types import SimpleNamespace
+
+    from fedprune.methods.config import NEqConfig
+    from fedprune.methods.neq import NEq
+    from fedprune.methods.sites import build_sites
+
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    x, _ = synthetic(40)
+    ctx = SimpleNamespace(model=model, sites=build_sites(graph, model, mask), val_x=x, eval_batch=16,
+                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1), frozen_fraction={},
+                          costs_changed=lambda: None)
+    neq = NEq(NEqConfig(val_samples=32, max_spatial=4))
+    before = neq.extra_bytes(ctx)
+    neq.epoch_start(ctx)
+    actual = sum(a.nbytes for a in neq.prev.values())
+    assert actual > 0 and before >= actual
+    # conv1: 20 neurons x 32 samples x 4x4 pooled positions, float16
+    assert neq.prev["conv1"].shape == (20, 32 * 16) and neq.prev["conv1"].dtype == np.float16

@@ -182,3 +182,45 @@ def test_tree_of_runs_and_cli(tmp_path, capsys):
     empty.mkdir()
     assert main(["report", str(empty)]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_bench_results_folder_gives_results_md_and_readme_table(tmp_path, capsys):
+    from fedprune.cli import main
+
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (results / "scale.json").write_text(json.dumps({"benchmark": "scale", "peak_host_memory_bytes": 3 * 2**30,
+                                                    "fits": True, "seconds_per_round": 4.25}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
+    assert main(["report", str(results), "--out", str(tmp_path / "bench" / "RESULTS.md")]) == 0
+    assert "README headline table updated" in capsys.readouterr().out
+    page = (tmp_path / "bench" / "RESULTS.md").read_text()
+    assert "| scale: 100 clients (10 per round), peak host memory | 3.00 GiB | fits 24 GiB | yes |" in page
+    assert "| scale: seconds per round | 4.2 |" in page or "| scale: seconds per round | 4.3 |" in page
+    assert "old" not in readme.read_text() and "3.00 GiB" in readme.read_text()
+
+
+def test_runs_from_an_older_schema_are_still_read(tmp_path):
+    from fedprune.report import load_config_lenient
+
+    f = tmp_path / "config.toml"
+    f.write_text('[run]\nseed = 3\n[simulation]\nclient-cpus = 1.0\n[train]\nold-key = 1\nlr = 0.1\n')
+    cfg, notes = load_config_lenient(f)
+    assert cfg is not None and cfg.run.seed == 3 and cfg.train.lr == 0.1
+    assert cfg.simulation.client_cpus == 1
+    assert any(n.startswith("train.old-key: ignored") for n in notes)
+
+
+def test_client_errors_and_dropped_rounds_are_flagged(tmp_path):
+    from fedprune.results import read_metrics
+
+    run = tmp_path / "run"
+    fake_run(run, 0, "neq", 0.01, rounds=2)
+    rows = read_metrics(run)
+    rows[1]["failures"] = {"node-7": "error: TypeError boom", "3": "does not fit its memory budget",
+                           "round": "only 0 valid replies (min 3)"}
+    write_metrics(run, rows)
+    rep = make_report(run, figures=False)
+    assert rep.rows[0]["client_errors"] == 1 and rep.rows[0]["rounds_dropped"] == 1
+    assert "Warning: 1 run(s) had client errors or dropped rounds" in (run / "report.md").read_text()

@@ -154,7 +154,8 @@ def test_cosine_schedule_and_linear_scaling(lenet):
     dense, graph = lenet
     mask = NeuronMask.full(graph)
     cfg = TrainConfig(epochs=1, lr=0.1, batch_size=16, lr_schedule="cosine")
-    res = train_local(graph.compact(dense, mask), mask, graph, client(96), cfg, "none", None, None, None, 1, 2)
+    res = train_local(graph.compact(dense, mask), mask, graph, client(96), cfg, "none", None, None,
+                      None, 1, 2)
     assert res.metrics["lr_final"] < 0.1 * 0.01  # end of the last round: cosine is ~0
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step").validate()

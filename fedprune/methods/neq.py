@@ -258,8 +258,8 @@ class NEq(Method):
                 frozen_layers[layer] = float(local.mean())
         ctx.frozen_fraction = frozen_layers
         alive_total = sum(len(s.alive) for s in ctx.sites.values())
-        frozen_total = sum(int(self.frozen[g][s.alive].sum()) for g, s in ctx.sites.items() if g in self.frozen
-                           and len(self.frozen[g]) == s.dense_size)
+        frozen_total = sum(int(self.frozen[g][s.alive].sum()) for g, s in ctx.sites.items()
+                           if g in self.frozen and len(self.frozen[g]) == s.dense_size)
         if record:
             self._frozen_hist.append(frozen_total / max(1, alive_total))
         ctx.costs_changed()

@@ -84,8 +84,8 @@ def search_threshold(magnitudes_sorted, loss_at: Callable[[float], float], base_
     ``magnitudes_sorted`` is an ascending 1-D array of the magnitudes still prunable; ``loss_at(T)``
     returns the validation loss with every prunable weight ``|w| < T`` zeroed (the caller undoes it).
     Bisection over the pruned *fraction* ``q`` (``T`` = the q-quantile), assuming the loss grows with
-    ``q``. Returns ``(threshold, fraction of magnitudes below it, loss)``; ``(0.0, 0.0, base_loss)`` when even the smallest
-    step exceeds the tolerance. Guarantee: the returned threshold satisfied
+    ``q``. Returns ``(threshold, fraction of magnitudes below it, loss)``; ``(0.0, 0.0, base_loss)``
+    when even the smallest step exceeds the tolerance. Guarantee: the returned threshold satisfied
     ``loss <= base_loss * (1 + twt)`` when it was evaluated.
     """
     n = len(magnitudes_sorted)
