@@ -106,7 +106,8 @@ def test_neurons_with_zero_incoming_weights_are_removed(lenet):
     mask = NeuronMask.full(graph)
     model = graph.compact(dense, mask)
     with torch.no_grad():
-        model.conv2.weight[[3, 7]] = 0.0
+        model.conv2.weight[[3, 7]] = 0.0  # no input: constant output (folded by the surgery)
+        model.fc2.weight[:, [11, 12]] = 0.0  # output never used
     ctx = SimpleNamespace(model=model, mask=mask, graph=graph, sites=build_sites(graph, model, mask),
                           val_loss=lambda n: 1.0)
     method = SeReNe(SeReNeConfig(pwe=100))
@@ -115,7 +116,12 @@ def test_neurons_with_zero_incoming_weights_are_removed(lenet):
     new = method.epoch_end(ctx)
     method.detach(ctx)
     assert new["conv2"].sum() == 48 and not new["conv2"][3] and not new["conv2"][7]
-    assert new["conv1"].all() and new["fc1"].all()
+    assert new["fc1"].sum() == 498 and not new["fc1"][11] and not new["fc1"][12]
+    assert new["conv1"].all()
+    # removing them does not change the function
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(graph.prune(model, mask, new).eval()(x), model.eval()(x), atol=1e-5)
 
 
 def test_serene_training_thresholds_and_shrinks_the_model(lenet):

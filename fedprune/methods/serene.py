@@ -14,8 +14,9 @@ The mean runs over the batch and the spatial positions **of each channel separat
 reference averages channel 0 for every channel, a known bug). After the optimizer step, every
 parameter slice of neuron ``n`` (weight row, bias, BatchNorm affine) is updated as
 ``w <- w - lmbda * w * max(0, 1 - S_n)``. At the end of each epoch the PWE/TWT scheduler may zero
-weights under a global magnitude threshold; a neuron whose incoming weights are then all zero is
-removed physically (returned mask -> ``graph.prune``; its constant output is folded by the surgery).
+weights under a global magnitude threshold; a neuron whose incoming weights are then all zero
+(constant output, folded into the consumers by the surgery) or whose outgoing weights are all zero
+(output never used) is removed physically (returned mask -> ``graph.prune``).
 """
 
 from __future__ import annotations
@@ -248,14 +249,27 @@ class SeReNe(Method):
 
 
 def dead_neurons(site) -> np.ndarray | None:
-    """Boolean (alive,) vector: neurons whose incoming weight slices (ndim >= 2) are all zero."""
+    """Boolean (alive,) vector of neurons that no longer compute anything useful.
+
+    Dead: all incoming weight slices (ndim >= 2) are zero (the output is a constant, which the
+    surgery folds into the consumers), or all outgoing weights (the consumers' columns of the
+    neuron) are zero (the output is never used).
+    """
     rows = [ps.rows() for ps in site.params if ps.is_weight]
     if not rows:
         return None
-    dead = torch.ones(rows[0].shape[0], dtype=torch.bool)
+    dead_in = torch.ones(rows[0].shape[0], dtype=torch.bool)
     for r in rows:
-        dead &= (r == 0).all(dim=1)
-    return dead.numpy()
+        dead_in &= (r == 0).all(dim=1)
+    dead_out = torch.zeros_like(dead_in)
+    if site.consumers:
+        dead_out = torch.ones_like(dead_in)
+        for p, dim, cols in site.consumers:
+            w = p.detach()
+            for i, c in enumerate(cols):
+                if dead_out[i] and bool((w.index_select(dim, c) != 0).any()):
+                    dead_out[i] = False
+    return (dead_in | dead_out).numpy()
 
 
 def site_norms(site) -> np.ndarray:

@@ -7,7 +7,9 @@ Built from the surgery's :class:`~fedprune.surgery.NeuronGroup` roles (``graph.g
   BatchNorms (``weight``/``bias``), each with the dim and the compact positions of the alive neurons;
 * ``outputs``: the modules whose forward output carries the neurons on dim 1 (the group's
   BatchNorms if it has any, otherwise its producer layers), with the same positions;
-* ``layers``: the conv/linear layers producing the neurons (for FLOPs accounting).
+* ``layers``: the conv/linear layers producing the neurons (for FLOPs accounting);
+* ``consumers``: the weight columns of the layers that read the neurons (SeReNe removes a neuron
+  whose outgoing weights are all zero).
 
 Everything is in the order of ``site.alive`` (dense indices of the alive neurons, ascending), which
 is also the order of the compact model, so index ``i`` of any per-neuron vector of a method is
@@ -53,23 +55,25 @@ class NeuronSite:
     params: list[ParamSlice] = field(default_factory=list)
     outputs: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
+    #: consumer weights: ``(param, dim, positions of neuron i)`` per consumer layer, site order
+    consumers: list[tuple[nn.Parameter, int, list[torch.Tensor]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.alive)
 
 
-def _axis_alive(graph, mask) -> dict[str, np.ndarray]:
-    """Dense alive vector of every grouped layer's output axis under ``mask``."""
+def _axis_alive(graph, mask, inputs: bool = False) -> dict[str, np.ndarray]:
+    """Dense alive vector of every grouped layer's output (or input) axis under ``mask``."""
     out: dict[str, np.ndarray] = {}
     for g in graph.groups:
         vec = np.asarray(mask[g.name])
         for r in g.layers:
-            if r.role == "in":
+            if (r.role == "in") != inputs:
                 continue
             if r.module not in out:
                 key = f"{r.module}.weight" if f"{r.module}.weight" in graph.dense_shapes else \
                     f"{r.module}.running_mean"
-                out[r.module] = np.ones(graph.dense_shapes[key][0], dtype=bool)
+                out[r.module] = np.ones(graph.dense_shapes[key][1 if inputs else 0], dtype=bool)
             out[r.module][np.asarray(r.index)] = vec[np.asarray(r.neuron)]
     return out
 
@@ -82,6 +86,7 @@ def build_sites(graph, model: nn.Module, mask) -> dict[str, NeuronSite]:
     """
     params = dict(model.named_parameters())
     axes = _axis_alive(graph, mask)
+    in_axes = _axis_alive(graph, mask, inputs=True)
     sites: dict[str, NeuronSite] = {}
     for g in graph.groups:
         alive = np.flatnonzero(np.asarray(mask[g.name]))
@@ -90,6 +95,7 @@ def build_sites(graph, model: nn.Module, mask) -> dict[str, NeuronSite]:
         producers = [r for r in g.layers if r.role in ("out", "depthwise")]
         for r in g.layers:
             if r.role == "in":
+                _add_consumer(site, r, params, in_axes)
                 continue
             neuron = np.asarray(r.neuron)
             index = np.asarray(r.index)
@@ -113,6 +119,19 @@ def build_sites(graph, model: nn.Module, mask) -> dict[str, NeuronSite]:
                 site.layers.append(r.module)
         sites[g.name] = site
     return sites
+
+
+def _add_consumer(site: NeuronSite, r, params, in_axes) -> None:
+    """Record the consumer weight columns (compact positions) of every alive neuron of ``site``."""
+    p = params.get(f"{r.module}.weight")
+    if p is None or r.module not in in_axes:
+        return
+    rank = np.cumsum(in_axes[r.module]) - 1
+    neuron, index = np.asarray(r.neuron), np.asarray(r.index)
+    cols = [torch.as_tensor(rank[index[neuron == j]], dtype=torch.long) for j in site.alive]
+    if any(len(c) == 0 or int(c.max()) >= p.shape[1] for c in cols):
+        return
+    site.consumers.append((p, 1, cols))
 
 
 def frozen_layer_fractions(sites: dict[str, NeuronSite], frozen: dict[str, np.ndarray]) -> dict[str, float]:
