@@ -18,6 +18,7 @@ import numpy as np
 
 from fedprune.client_state import load_client_state, save_client_state
 from fedprune.config import ExperimentConfig
+from fedprune.fit import prune_to_fit
 from fedprune.faults import corrupt_reply, describe, draw_fault, fail_before_training
 from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
 from fedprune.global_model import numpy_to_state, state_to_numpy
@@ -136,14 +137,29 @@ class ClientRuntime:
         # a seed per (run, client, round): a resumed run trains exactly like an uninterrupted one
         seed = (self.cfg.run.seed * 1_000_003 + self.partition_id * 1009 + server_round) % 2**31
         cfg = dataclasses.replace(self.train_cfg, seed=seed)
-        result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
-                             self.cfg.methods.method_configs(), budget, method_state,
-                             round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
+        pre_pruned, share = 0, 1.0
+        for _ in range(8):
+            result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
+                                 self.cfg.methods.method_configs(), budget, method_state,
+                                 round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
+            if not (result.metrics.get("does_not_fit") and budget is not None and "dynhp" in self.methods):
+                break
+            # DynHP may prune further to fit at all: shrink to a share of the budget (the methods'
+            # own tensors and extra passes need the rest), try again with less each time
+            fitted = prune_to_fit(model, mask, self.graph, int(budget * share), self.input_shape,
+                                  cfg.optimizer, cfg.min_batch, self.cfg.memory.margin,
+                                  self.cfg.methods.dynhp.min_neurons)
+            share *= 0.8
+            if fitted is None:
+                break
+            pre_pruned += int(mask.num_alive() - fitted[1].num_alive())
+            model, mask = fitted
         if state_dir is not None and result.method_state:
             save_client_state(state_dir, self.partition_id, server_round, result.method_state)
         metrics = dict(result.metrics)
         metrics["client_wall_seconds"] = time.perf_counter() - t0
         metrics["partition_id"] = self.partition_id
+        metrics["neurons_pruned_to_fit"] = pre_pruned
         metrics.update(describe(fault))
         out_arrays, out_mask = corrupt_reply(fault, state_to_numpy(result.model.state_dict()),
                                              result.mask.to_arrays())

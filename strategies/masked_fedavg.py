@@ -43,6 +43,7 @@ class MaskedFedAvg(FedAvg):
         self.seed = seed
         self.clients_per_round = clients_per_round
         self.last_round: dict[str, Any] = {}
+        self._sampled: list[int] = []
 
     # ------------------------------------------------------------------ train
 
@@ -65,6 +66,7 @@ class MaskedFedAvg(FedAvg):
         record = RecordDict({ARRAYS: to_array_record(compact), MASK: to_array_record(mask),
                              CONFIG: config})
         per_client = array_bytes(compact) + array_bytes(mask)
+        self._sampled = list(node_ids)
         self.last_round = {"sampled": len(node_ids), "download_bytes": per_client * len(node_ids),
                            "dense_download_bytes": self.gm.dense_param_bytes * len(node_ids)}
         log(INFO, "configure_train: round %d, %d nodes, %d bytes each", server_round, len(node_ids),
@@ -90,6 +92,11 @@ class MaskedFedAvg(FedAvg):
         updates: list[ClientUpdate] = []
         clients: list[dict[str, Any]] = []
         upload = 0
+        replies = list(replies)
+        answered = {msg.metadata.src_node_id for msg in replies}
+        for node_id in self._sampled:
+            if node_id not in answered:
+                failures[f"node-{node_id}"] = "no reply within the round timeout"
         for msg in replies:
             node = str(msg.metadata.src_node_id)
             if msg.has_error():
