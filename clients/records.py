@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
+from fedprune.config import flatten, unflatten
+
 ARRAYS, MASK, METRICS, INFO, CONFIG = "arrays", "mask", "metrics", "info", "config"
 NUM_EXAMPLES = "num-examples"
 SEP = "::"  # nesting separator of method state in records
@@ -53,19 +55,9 @@ def join_metrics(metrics: MetricRecord | None, info: ConfigRecord | None) -> dic
     return out
 
 
-def _flatten_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten_state(v, f"{prefix}{k}{SEP}"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def state_to_records(state: Mapping[str, Any]) -> tuple[ArrayRecord, ConfigRecord]:
     """Method state (nested dicts of arrays and scalars) as one array and one config record."""
-    flat = _flatten_state(state)
+    flat = flatten({k: dict(v) if isinstance(v, Mapping) else v for k, v in state.items()}, sep=SEP)
     arrays = {k: np.asarray(v) for k, v in flat.items() if isinstance(v, np.ndarray)}
     scalars = {k: (v.item() if hasattr(v, "item") else v) for k, v in flat.items()
                if not isinstance(v, np.ndarray) and v is not None}
@@ -79,11 +71,4 @@ def records_to_state(arrays: ArrayRecord | None, scalars: ConfigRecord | None) -
         flat.update(from_array_record(arrays))
     if scalars is not None:
         flat.update(dict(scalars.items()))
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(SEP)
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
+    return unflatten(flat, sep=SEP)

@@ -371,23 +371,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
     """Nested dict -> Flower's flat run config (``{"train.lr": 0.05, ...}``)."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}{sep}", sep))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+def unflatten(flat: dict[str, Any], sep: str = ".") -> dict[str, Any]:
     """Flower's flat run config -> nested dict (inverse of ``flatten``)."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         node = out
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.split(sep)
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
