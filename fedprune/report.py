@@ -433,8 +433,14 @@ def markdown_report(kind: str, src: Path, records: Sequence[RunRecord], rows: Se
                     groups: Sequence[dict[str, Any]], figures: Sequence[str]) -> str:
     done = sum(1 for r in records if r.done)
     first = next((r for r in records if r.config is not None), None)
+    import os
+
+    try:
+        shown = os.path.relpath(src) if not os.path.relpath(src).startswith("..") else str(src)
+    except ValueError:
+        shown = str(src)
     parts = [f"# fedprune report: {src.name}", "",
-             f"Source: `{src}` ({kind}); {len(records)} run(s), {done} finished. Accuracy is the final "
+             f"Source: `{shown}` ({kind}); {len(records)} run(s), {done} finished. Accuracy is the final "
              f"simplified model's test accuracy in %; memory in MB (2^20 bytes); a run's budget is the mean "
              f"budget level of its clients; ± is the standard deviation over seeds. *mean util.*: measured "
              f"peak / budget over client-rounds that trained; *did not fit*: client-rounds where not even "
