@@ -27,7 +27,7 @@ from fedprune.training import evaluate
 # client metrics averaged over the clients of a round (when present)
 MEAN_KEYS = ("train_loss", "train_accuracy", "val_accuracy", "budget_bytes", "predicted_peak_bytes",
              "measured_peak_bytes", "utilization", "bprop_flops_saved_frac", "params_alive",
-             "final_batch")
+             "batch_final")
 SUM_KEYS = ("violations", "oom_events", "does_not_fit")
 
 
