@@ -71,7 +71,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_input,), str(path), dynamo=True,
                               external_data=False, opset_version=opset_version,
-                              input_names=["input"], output_names=["logits"])
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
     finally:
         model.train(was_training)
     return str(path)
