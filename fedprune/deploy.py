@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fedprune.launch import PROJECT_ROOT, LaunchError, _stop, _tool, _wait_port, free_port
+from fedprune.launch import PROJECT_ROOT, LaunchError, _stop, _tool, _wait_port, free_port, tool_env
 from fedprune.node import format_node_config
 
 LOOPBACK = "127.0.0.1"
@@ -52,10 +52,8 @@ def write_cli_config(home: Path, address: str, *, name: str = "fedprune", insecu
 
 
 def _env(home: Path) -> dict[str, str]:
-    venv_bin = str(Path(sys.executable).parent)  # flwr-serverapp / flwr-clientapp are found on PATH
-    path = os.environ.get("PATH", "")
-    return dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1",
-                PATH=venv_bin + (os.pathsep + path if path else ""))
+    # flwr-serverapp / flwr-clientapp / flower-superexec are found on PATH
+    return dict(tool_env(), FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
 
 
 def superlink_command(port: int, fleet_port: int, control_port: int, host: str = LOOPBACK) -> list[str]:

@@ -56,6 +56,17 @@ def _tool(name: str) -> str:
     return found
 
 
+def tool_env() -> dict[str, str]:
+    """This process's environment with its Python's script folder first on PATH.
+
+    Flower's SuperLink starts ``flower-superexec`` (and the simulation, Ray) by name, so they must be
+    found even when the virtual environment is not activated (``.venv/bin/fedprune ...``, make, CI).
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return dict(os.environ, PATH=bin_dir + (os.pathsep + path if path else ""))
+
+
 def _num(x: float) -> int | float:
     """Flower's federation config wants integers where the value is whole."""
     return int(x) if float(x).is_integer() else float(x)
@@ -100,8 +111,7 @@ def run_flower_simulation(spec: SimulationSpec,
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "fedprune"\n\n[superlink.fedprune]\n'
         f'address = "127.0.0.1:{http_port}"\ninsecure = true\n')
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1",
-               PYTHONUNBUFFERED="1")
+    env = dict(tool_env(), FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
     if spec.ray_address:
         env["RAY_ADDRESS"] = spec.ray_address
     log_path = out / "flwr.log"
