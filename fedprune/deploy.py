@@ -18,7 +18,6 @@ Like ``fedprune.launch`` this module drives Flower's command-line tools and neve
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
