@@ -66,6 +66,7 @@ class GlobalModel:
         self.graph = NeuronGraph.from_model(dense, self.example)
         self.mask = NeuronMask.full(self.graph)
         self._template = dense
+        self._compact_cache: tuple[dict, NeuronMask, nn.Module] | None = None
         self.dense: dict[str, np.ndarray] = state_to_numpy(dense.state_dict())
         self.dense_param_bytes = array_bytes(self.dense)
 
@@ -77,8 +78,16 @@ class GlobalModel:
         return self._template
 
     def compact_model(self) -> nn.Module:
-        """The global model with every globally pruned neuron physically removed (eval mode)."""
-        return self.graph.compact(self.dense_model(), self.mask).eval()
+        """The global model with every globally pruned neuron physically removed (eval mode).
+
+        Built once per (dense weights, mask) and reused: a round asks for it several times (payload,
+        reply, evaluation, parameter count). Callers must not modify it.
+        """
+        cached = self._compact_cache
+        if cached is None or cached[0] is not self.dense or cached[1] is not self.mask:
+            model = self.graph.compact(self.dense_model(), self.mask).eval()
+            cached = self._compact_cache = (self.dense, self.mask, model)
+        return cached[2]
 
     def payload(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """What the server sends: the compact global tensors and the global mask."""

@@ -26,7 +26,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from fedprune.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, atomic_write_text, read_metrics
 
@@ -741,6 +741,26 @@ def fig_clients_over_rounds(records: Sequence[RunRecord], path: Path) -> bool:
     return True
 
 
+def _round_means(have: Sequence[RunRecord], label: str, budget: float | None,
+                 per_round: Callable[[RunRecord], dict[int, list[float]]]) -> dict[int, float]:
+    """Mean per round over the runs of one series (and one budget panel, when given)."""
+    acc: dict[int, list[float]] = defaultdict(list)
+    for r in have:
+        rb = run_budget_mb(r)
+        if _series_label(r, have) == label and (budget is None or (rb is not None and round(rb, 6) == budget)):
+            for rnd, vals in per_round(r).items():
+                acc[rnd] += vals
+    return {rnd: sum(v) / len(v) for rnd, v in sorted(acc.items())}
+
+
+def _accuracy_per_round(r: RunRecord) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = defaultdict(list)
+    for i, row in enumerate(r.rows):
+        if _num(row.get("accuracy")) is not None:
+            out[int(row.get("round", i + 1))].append(100 * row["accuracy"])
+    return out
+
+
 def fig_flops_saved(records: Sequence[RunRecord], path: Path) -> bool:
     """Share of backprop FLOPs saved (%) over rounds (NEq freezing + pruning), per method."""
     have = [r for r in records if any(_per_round(r, "flops_saved"))]
@@ -753,16 +773,9 @@ def fig_flops_saved(records: Sequence[RunRecord], path: Path) -> bool:
     for j, b in enumerate(budgets):
         ax = axes[0][j]
         for label in _series(have):
-            acc: dict[int, list[float]] = defaultdict(list)
-            for r in have:
-                rb = run_budget_mb(r)
-                if _series_label(r, have) == label and (b is None or (rb is not None and round(rb, 6) == b)):
-                    for rnd, vals in _per_round(r, "flops_saved").items():
-                        acc[rnd] += vals
-            if acc:
-                rounds = sorted(acc)
-                ax.plot(rounds, [sum(acc[x]) / len(acc[x]) for x in rounds], marker="o", ms=3, lw=1.2,
-                        label=label)
+            means = _round_means(have, label, b, lambda r: _per_round(r, "flops_saved"))
+            if means:
+                ax.plot(list(means), list(means.values()), marker="o", ms=3, lw=1.2, label=label)
         ax.set_xlabel("round")
         if j == 0:
             ax.set_ylabel("backprop FLOPs saved (% of dense)")
@@ -791,17 +804,9 @@ def fig_accuracy_over_rounds(records: Sequence[RunRecord], path: Path) -> bool:
     for j, b in enumerate(budgets):
         ax = axes[0][j]
         for label in _series(have):
-            acc: dict[int, list[float]] = defaultdict(list)
-            for r in have:
-                rb = run_budget_mb(r)
-                if _series_label(r, have) == label and (b is None or (rb is not None and round(rb, 6) == b)):
-                    for i, row in enumerate(r.rows):
-                        if _num(row.get("accuracy")) is not None:
-                            acc[int(row.get("round", i + 1))].append(100 * row["accuracy"])
-            if acc:
-                rounds = sorted(acc)
-                ax.plot(rounds, [sum(acc[x]) / len(acc[x]) for x in rounds], marker="o", ms=3, lw=1.2,
-                        label=label)
+            means = _round_means(have, label, b, _accuracy_per_round)
+            if means:
+                ax.plot(list(means), list(means.values()), marker="o", ms=3, lw=1.2, label=label)
         ax.set_xlabel("round")
         if j == 0:
             ax.set_ylabel("test accuracy of the global model (%)")
