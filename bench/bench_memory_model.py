@@ -27,14 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,26 +40,12 @@ sys.path.insert(0, str(ROOT))
 from fedprune.memory import MIB, OptimizerSpec, clear_cache, estimate_training_memory, max_batch_size, \
     measure_training_memory  # noqa: E402
 from fedprune.models import MODEL_NAMES, build_model  # noqa: E402
+from fedprune.training import machine_info  # noqa: E402
 
 SHAPE = (1, 28, 28)
 OPTIMIZERS = {"sgd": OptimizerSpec("sgd", momentum=0.9), "adam": OptimizerSpec("adam")}
 FULL_BATCHES = tuple(2**k for k in range(10))  # 1 .. 512
 QUICK = {"models": ("lenet5", "resnet8"), "batches": (8, 64)}
-
-
-def machine_info(threads: int) -> dict:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus_logical": os.cpu_count(), "cpus_physical": psutil.cpu_count(logical=False),
-            "cpu_model": cpu_model, "ram_bytes": psutil.virtual_memory().total,
-            "torch": torch.__version__, "torch_threads": threads, "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def estimate_cost(model: torch.nn.Module, spec: OptimizerSpec, reps: int) -> dict:
@@ -150,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "setting": {"quick": bool(args.quick), "models": list(models), "batches": list(batches),
                     "optimizers": {o: vars(OPTIMIZERS[o]) for o in opts}, "input_shape": list(SHAPE),
                     "allocator": allocator},
-        "machine": machine_info(args.threads),
+        "machine": machine_info(),
         "summary": {
             "max_rel_error": overall.get("max"), "median_rel_error": overall.get("median"),
             "mean_rel_error": overall.get("mean"), "n": overall["n"],

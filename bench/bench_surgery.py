@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from fedprune.models import build_model, example_input
 from fedprune.surgery import (FoldedConv2d, NeuronGraph, NeuronMask, count_flops, count_params,
                               format_neurons, model_bytes, neurons_per_layer)
 from fedprune.surgery.testing import randomize_constants
+from fedprune.training import machine_info  # noqa: E402
 
 TARGET = 0.7
 
@@ -82,24 +82,6 @@ def paired_latency(dense: nn.Module, compact: nn.Module, x: torch.Tensor, min_ti
                 times[key].append(time.perf_counter() - t0)
     return {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "reps": len(v)}
             for k, v in times.items()}
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def bench_model(name: str, args) -> list[dict]:
@@ -169,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         (0.3, 3, 20, 1) if args.quick else (2.0, 10, 200, 3))
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine()
+    info = machine_info()
     rows = [row for name in args.models for row in bench_model(name, args)]
     info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result = {

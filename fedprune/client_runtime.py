@@ -69,7 +69,7 @@ def train_config(cfg: ExperimentConfig) -> TrainConfig:
         epochs=t.local_epochs, lr=t.lr,
         optimizer=OptimizerSpec(name=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay),
         batch_size=t.batch_size, min_batch=t.min_batch, max_batch=t.max_batch,
-        lr_scaling=t.lr_scaling, seed=cfg.run.seed, device="cpu",
+        lr_scaling=t.lr_scaling, lr_schedule=t.lr_schedule, seed=cfg.run.seed, device="cpu",
     )
 
 

@@ -94,6 +94,7 @@ class TrainSection:
     min_batch: int = 8
     max_batch: int = 256
     lr_scaling: str = "none"
+    lr_schedule: str = "constant"  # constant | cosine (over all rounds' progress)
 
     def validate(self, p: str) -> None:
         _check(self.local_epochs >= 1, f"{p}local-epochs", self.local_epochs, "must be >= 1")
@@ -109,6 +110,8 @@ class TrainSection:
                self.batch_size, f"must be in [min-batch, max-batch] = [{self.min_batch}, {self.max_batch}]")
         _check(self.lr_scaling in ("none", "linear", "sqrt"), f"{p}lr-scaling", self.lr_scaling,
                "expected 'none', 'linear' or 'sqrt'")
+        _check(self.lr_schedule in ("constant", "cosine"), f"{p}lr-schedule", self.lr_schedule,
+               "expected 'constant' or 'cosine'")
 
 
 @dataclass
@@ -149,9 +152,6 @@ class MemorySection:
     def validate(self, p: str) -> None:
         _check(self.budget in BUDGET_KINDS, f"{p}budget", self.budget,
                f"expected one of {', '.join(BUDGET_KINDS)}")
-        if self.budget in ("constant", "trace"):
-            _check(self.budget_mb > 0, f"{p}budget-mb", self.budget_mb,
-                   f"must be > 0 with budget = {self.budget!r}")
         _check(self.budget_mb >= 0, f"{p}budget-mb", self.budget_mb, "must be >= 0")
         if self.budget == "schedule":
             values = parse_float_list(self.schedule_mb, f"{p}schedule-mb")
@@ -265,6 +265,11 @@ class ExperimentConfig:
     def validate(self) -> "ExperimentConfig":
         """Check every section's ranges; returns ``self`` so calls chain."""
         _validate_tree(self, "")
+        m, f = self.memory, self.fleet
+        if m.budget in ("constant", "trace") and not (f.devices or f.budgets_mb):
+            # with a device fleet or per-client budgets the clients' levels come from the fleet
+            _check(m.budget_mb > 0, "memory.budget-mb", m.budget_mb,
+                   f"must be > 0 with budget = {m.budget!r} (or give fleet.devices / fleet.budgets-mb)")
         return self
 
 

@@ -60,6 +60,7 @@ class ServerRun:
         _, self.test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
         self.rows: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
+        self._last_eval: tuple[Any, float, float] | None = None  # (compact model, loss, accuracy)
 
     def start(self, resume_rows: Sequence[Mapping[str, Any]] = ()) -> None:
         """Write the resolved config; on resume keep the rounds already recorded."""
@@ -72,8 +73,17 @@ class ServerRun:
         return read_metrics(self.out_dir)
 
     def evaluate(self, gm: GlobalModel) -> tuple[float, float]:
-        """Test loss and accuracy of the global (masked = compact) model."""
-        return evaluate(gm.compact_model(), self.test.x, self.test.y)
+        """Test loss and accuracy of the global (masked = compact) model.
+
+        Remembered for the model it scored, so ``finalize`` does not score the same global again.
+        """
+        model = gm.compact_model()
+        last = self._last_eval
+        if last is not None and last[0] is model:
+            return last[1], last[2]
+        loss, acc = evaluate(model, self.test.x, self.test.y)
+        self._last_eval = (model, loss, acc)
+        return loss, acc
 
     def record_round(self, row: dict[str, Any]) -> None:
         """Append one completed round to ``metrics.jsonl`` (atomic rewrite)."""
@@ -85,7 +95,7 @@ class ServerRun:
     def finalize(self, gm: GlobalModel, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Final simplification, export, and ``summary.json``; returns the summary."""
         masked = gm.graph.zero_pruned(gm.dense_model(), gm.mask).eval()
-        masked_loss, masked_acc = evaluate(masked, self.test.x, self.test.y)
+        masked_loss, masked_acc = self.evaluate(gm)  # the compact global computes the masked model
         final, final_mask, final_graph = simplify(masked, gm.example)
         final.eval()
         loss, acc = evaluate(final, self.test.x, self.test.y)

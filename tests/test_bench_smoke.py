@@ -5,6 +5,7 @@ The full runs are `make bench`; these only prove the scripts work end to end.
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ def test_quick_mode_writes_json(name, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert "machine" in data and "torch" in json.dumps(data["machine"])
+    from fedprune.bench_sections import SECTIONS
+
+    SECTIONS[name.removeprefix("bench_")](data, tmp_path / "figures")  # the quick JSON renders too
 
 
 def test_bench_report_renders_every_known_result(tmp_path):
@@ -39,3 +43,34 @@ def test_bench_report_renders_every_known_result(tmp_path):
     text = readme.read_text()
     assert "old" not in text and table(rows) in text and text.endswith("rest\n")
     assert set(results) <= set(RENDERERS) | {"scale"}
+
+
+def test_results_page_has_a_section_table_and_figure_per_benchmark(tmp_path):
+    from fedprune.bench_report import write_results_md
+    from fedprune.bench_sections import SECTIONS
+
+    out = tmp_path / "RESULTS.md"
+    write_results_md(ROOT / "bench" / "results", out)
+    page = out.read_text()
+    assert "could not be rendered" not in page
+    for name in SECTIONS:
+        if (ROOT / "bench" / "results" / f"{name}.json").exists():
+            section = page.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+            assert "| --- |" in section, name
+    for link in re.findall(r"\]\((figures/[^)]+)\)", page):
+        assert (tmp_path / link).stat().st_size > 1000, link
+    assert "## Methods beside the papers" in page and "177.05x" in page
+
+
+def test_serene_table_row_is_the_json(tmp_path):
+    from fedprune.bench_sections import serene_section
+
+    data = {"epochs": 2, "baseline": {"test_accuracy": 0.9, "neurons": "[20]-[50]-[500]-[10]"},
+            "serene": {"test_accuracy": 0.89, "neurons": "[5]-[6]-[7]-[10]", "compression_nonzero": 40.0,
+                       "params_compact": 1000, "compression_structural": 431.08},
+            "table": [{"layer": n, "remaining_pct": p} for n, p in
+                      [("conv1", 50.0), ("conv2", 5.0), ("fc1", 0.5), ("fc2", 20.0)]],
+            "accuracy_loss_points": 1.0}
+    text = serene_section(data, tmp_path)
+    assert "| SeReNe (ours) | Fashion-MNIST | 50.00% | 5.00% | 0.50% | 20.00% | 40.0x | [5]-[6]-[7]-[10] | 11.00% |" in text
+    assert "| baseline (ours) | Fashion-MNIST | 100% | 100% | 100% | 100% | 1x | [20]-[50]-[500]-[10] | 10.00% |" in text

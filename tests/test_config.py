@@ -28,6 +28,7 @@ def test_every_shipped_config_loads():
     ({"run": {"num-rounds": 2.5}}, "run.num-rounds = 2.5: expected an integer"),
     ({"data": {"download": "yes"}}, "data.download = 'yes': expected a boolean"),
     ({"memory": {"budget": "constant", "budget-mb": -1.0}}, "memory.budget-mb = -1.0"),
+    ({"memory": {"budget": "trace"}}, "memory.budget-mb = 0.0: must be > 0 with budget = 'trace'"),
     ({"data": {"alpha": 0.0}}, "data.alpha = 0.0: must be > 0"),
     ({"methods": {"dynhp": {"target-compression": 1.0}}}, "methods.dynhp.target_compression"),
     ({"fleet": {"num-clients": 4, "clients-per-round": 5}}, "fleet.clients-per-round = 5"),
@@ -40,6 +41,15 @@ def test_bad_values_give_one_line_naming_the_key(data, fragment):
         config_from_dict(data)
     msg = str(err.value)
     assert fragment in msg and "\n" not in msg
+
+
+def test_fleet_budgets_make_memory_budget_mb_optional():
+    cfg = config_from_dict({"memory": {"budget": "constant"},
+                            "fleet": {"num-clients": 2, "budgets-mb": "8,16"}})
+    assert cfg.memory.budget_mb == 0.0
+    cfg = config_from_dict({"memory": {"budget": "trace"},
+                            "fleet": {"num-clients": 2, "devices": "pi3b:2"}})
+    assert cfg.memory.budget == "trace"
 
 
 def test_flat_roundtrip_equals_nested():
@@ -69,3 +79,12 @@ def test_pyproject_declares_every_key_with_its_default():
 
 def test_defaults_are_valid():
     ExperimentConfig().validate()
+
+
+def test_lr_schedule_reaches_the_trainer():
+    from fedprune.client_runtime import train_config
+
+    cfg = config_from_dict({"train": {"lr-schedule": "cosine"}})
+    assert train_config(cfg).lr_schedule == "cosine"
+    with pytest.raises(ConfigError, match="train.lr-schedule = 'step'"):
+        config_from_dict({"train": {"lr-schedule": "step"}})

@@ -78,19 +78,26 @@ def test_simplify_keeps_one_neuron_of_a_dead_group():
     outputs_close(small, dead, x4())
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet8"])
-def test_onnx_export_matches_torch(tmp_path, name):
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet8", "mobilenet_v2"])
+def test_onnx_export_matches_torch(tmp_path, name, exporter):
     model, g = setup(name)
     small, _, _ = simplify(g.zero_pruned(model, NeuronMask.random(g, 0.5, rng=4)),
                            example_input(), graph=g)
     assert any(isinstance(m, FoldedConv2d) for m in small.modules()) == (name == "resnet8")
-    x = example_input(batch_size=2)
-    path = export_onnx(small, x, tmp_path / f"{name}.onnx")
+    path = export_onnx(small, example_input(batch_size=2), tmp_path / f"{name}.onnx", exporter=exporter)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = example_input(batch_size=5)  # the batch axis is dynamic
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         want = small.eval()(x).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_onnx_export_rejects_unknown_exporter(tmp_path):
+    model, _ = setup("lenet5")
+    with pytest.raises(ValueError, match="exporter"):
+        export_onnx(model, example_input(), tmp_path / "m.onnx", exporter="tf")
 
 
 def test_save_and_weights_only_load(tmp_path):

@@ -1,0 +1,331 @@
+"""Per-benchmark sections of ``bench/RESULTS.md``: a table (and a figure where one helps) each.
+
+Every renderer takes one benchmark's JSON (as written by its script in ``bench/``) and the folder for
+figures, and returns Markdown. Renderers only read what the scripts measured; a key a JSON lacks is
+shown as ``n/a``, never invented. ``papers_table`` sets our method figures beside the source papers'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+Section = Callable[[dict, Path], str]
+
+
+def _fmt(x: Any, fmt: str = "{:.2f}") -> str:
+    if x is None:
+        return "n/a"
+    try:
+        return fmt.format(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (cells converted with ``str``)."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(fig_dir: Path, name: str, draw: Callable[[Any], None], ncols: int = 1) -> str:
+    """Draw a figure with ``draw(axes)`` into ``fig_dir/name.png``; returns the Markdown image link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.6), squeeze=False)
+    try:
+        draw(axes[0] if ncols > 1 else axes[0][0])
+        fig.tight_layout()
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(fig_dir / f"{name}.png", dpi=110)
+    finally:
+        plt.close(fig)
+    return f"![{name}]({fig_dir.name}/{name}.png)\n"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def overhead_section(d: dict, fig_dir: Path) -> str:
+    """Wall time of every repeat, both apps side by side."""
+    s = d.get("setup", {})
+    runs = d.get("runs", {})
+    a, b = runs.get("fedprune", []), runs.get("plain_flower", [])
+    rows = [(i + 1, _fmt(x.get("wall_seconds"), "{:.1f}"), _fmt(y.get("wall_seconds"), "{:.1f}"),
+             _fmt(x.get("final_accuracy"), "{:.4f}"), _fmt(y.get("final_accuracy"), "{:.4f}"))
+            for i, (x, y) in enumerate(zip(a, b))]
+    med = d.get("median_wall_seconds", {})
+    rows.append(("median", _fmt(med.get("fedprune"), "{:.1f}"), _fmt(med.get("plain_flower"), "{:.1f}"), "", ""))
+    return (f"{s.get('model')} on {s.get('dataset')}, {s.get('clients')} clients, {s.get('rounds')} rounds, "
+            f"runs alternated. Ratio of medians: **{_fmt(d.get('wall_ratio'), '{:.3f}')}x**.\n\n"
+            + md_table(["repeat", "fedprune, methods off (s)", "plain Flower FedAvg (s)",
+                        "fedprune accuracy", "plain accuracy"], rows))
+
+
+def pipeline_section(d: dict, fig_dir: Path) -> str:
+    """FedAvg vs the full pipeline: one row per measured quantity."""
+    f, p = d.get("fedavg", {}), d.get("pruned", {})
+    keys = [("final accuracy", "final_accuracy", "{:.4f}"), ("final params", "final_params", "{:,}"),
+            ("final forward FLOPs / sample", "final_flops", "{:,}"),
+            ("upload bytes (all rounds)", "upload_bytes_total", "{:,}"),
+            ("download bytes (all rounds)", "download_bytes_total", "{:,}"),
+            ("wall seconds", "wall_seconds", "{:.1f}"), ("budget violations", "budget_violations", "{}"),
+            ("neurons per layer", "neurons_per_layer", "{}")]
+    rows = [(label, _fmt(f.get(k), fmt), _fmt(p.get(k), fmt)) for label, k, fmt in keys]
+    return (f"Config `{d.get('config')}`, {d.get('clients')} clients, {d.get('rounds')} rounds.\n\n"
+            + md_table(["quantity", "plain FedAvg", "serene+neq+dynhp"], rows))
+
+
+def memory_model_section(d: dict, fig_dir: Path) -> str:
+    """Error per model, and predicted vs measured peak for every configuration."""
+    per = d.get("summary", {}).get("per_model", {})
+    rows_in = d.get("rows", [])
+    gaps: dict[str, list[float]] = {}
+    for r in rows_in:
+        if r.get("allocator_gap") is not None:
+            gaps.setdefault(r.get("model"), []).append(r["allocator_gap"])
+    rows = []
+    for m, s in per.items():
+        g = sorted(gaps.get(m, []))
+        rows.append((m, s.get("n"), _fmt(100 * s.get("max", 0), "{:.2f}%"), _fmt(100 * s.get("median", 0), "{:.2f}%"),
+                     _fmt(100 * g[len(g) // 2], "{:+.1f}%") if g else "n/a"))
+    out = md_table(["model", "configs", "max rel. error", "median rel. error", "median allocator gap"], rows)
+
+    def draw(ax):
+        for m in per:
+            pts = [(r["measured_bytes"] / 2**20, r["predicted_bytes"] / 2**20) for r in rows_in
+                   if r.get("model") == m and r.get("measured_bytes")]
+            if pts:
+                ax.scatter(*zip(*pts), s=12, label=m)
+        lim = [min((r.get("measured_bytes") or 1) for r in rows_in) / 2**20,
+               max((r.get("measured_bytes") or 1) for r in rows_in) / 2**20]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="measured peak (MiB)", ylabel="predicted peak (MiB)",
+               title="memory model: predicted vs measured")
+        ax.legend(fontsize=7)
+
+    if rows_in:
+        out += "\n" + _figure(fig_dir, "memory_model", draw)
+    return out
+
+
+def adherence_section(d: dict, fig_dir: Path) -> str:
+    """Per budget level: utilization, violations, did-not-fit; measured peak vs budget."""
+    by: dict[float, list[dict]] = {}
+    for r in d.get("rows", []):
+        by.setdefault(r.get("budget_fraction"), []).append(r)
+    rows = []
+    for frac, rs in sorted(by.items()):
+        utils = [r["utilization"] for r in rs if r.get("utilization") is not None and r.get("round", 1) > 1]
+        rows.append((f"{100 * frac:.0f}%", _fmt(rs[0].get("budget_bytes", 0) / 2**20),
+                     _fmt(100 * sum(utils) / len(utils), "{:.1f}%") if utils else "n/a",
+                     sum(int(r.get("violations", 0)) for r in rs), sum(int(r.get("does_not_fit", 0)) for r in rs),
+                     _fmt(min(r.get("params_alive", 0) for r in rs), "{:,}")))
+    s = d.get("setup", {})
+    out = (f"{s.get('model')} on {s.get('dataset')}, methods `{s.get('methods')}`, {s.get('rounds')} rounds; "
+           f"budgets as a fraction of the dense model's need ({_fmt((s.get('dense_need_bytes') or 0) / 2**20)} MiB).\n\n"
+           + md_table(["budget", "budget (MiB)", "utilization (rounds > 1)", "violations", "did not fit",
+                       "smallest model (params)"], rows))
+
+    def draw(ax):
+        pts = [(r["budget_bytes"] / 2**20, r["measured_peak_bytes"] / 2**20) for r in d.get("rows", [])
+               if r.get("measured_peak_bytes")]
+        ax.scatter(*zip(*pts), s=14)
+        hi = max(max(p) for p in pts)
+        ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="budget")
+        ax.set(xlabel="budget (MiB)", ylabel="measured step peak (MiB)", title="budget adherence")
+        ax.legend(fontsize=7)
+
+    if any(r.get("measured_peak_bytes") for r in d.get("rows", [])):
+        out += "\n" + _figure(fig_dir, "adherence", draw)
+    return out
+
+
+def surgery_section(d: dict, fig_dir: Path) -> str:
+    """Compact vs masked-dense forward latency per (model, pruning, batch)."""
+    res = d.get("results", [])
+    rows = [(r.get("model"), f"{100 * r.get('neurons_pruned', 0):.0f}%", r.get("batch"),
+             _fmt(r.get("latency_ms", {}).get("masked_dense", {}).get("median_ms"), "{:.3f}"),
+             _fmt(r.get("latency_ms", {}).get("compact", {}).get("median_ms"), "{:.3f}"),
+             _fmt(r.get("speedup")), _fmt(r.get("flops_ratio"), "{:.1f}"), _fmt(r.get("speedup_over_flops_ratio")))
+            for r in res]
+    out = (f"{d.get('speedup_definition', '')}\n\n"
+           + md_table(["model", "neurons pruned", "batch", "masked dense (ms)", "compact (ms)", "speedup",
+                       "FLOPs ratio", "speedup / FLOPs ratio"], rows))
+
+    def draw(ax):
+        labels = [f"{r['model']}\n{100 * r['neurons_pruned']:.0f}% b{r['batch']}" for r in res]
+        xs = range(len(res))
+        ax.bar([x - 0.2 for x in xs], [r["speedup"] for r in res], 0.4, label="measured speedup")
+        ax.bar([x + 0.2 for x in xs], [r["flops_ratio"] for r in res], 0.4, label="FLOPs ratio")
+        ax.set_xticks(list(xs), labels, fontsize=6)
+        ax.set(yscale="log", ylabel="x", title="compact vs masked-dense inference")
+        ax.legend(fontsize=7)
+
+    if res:
+        out += "\n" + _figure(fig_dir, "surgery", draw)
+    return out
+
+
+SERENE_PAPER = {"remaining": [33.75, 3.25, 0.27, 10.22], "compression": 177.05,
+                "neurons": "[11]-[26]-[113]-[10]", "error": 0.8}
+
+
+def serene_section(d: dict, fig_dir: Path) -> str:
+    """The SeReNe table (remaining non-zero params per layer), with the paper's row, and the history."""
+    base, s = d.get("baseline", {}), d.get("serene", {})
+    pct = [r.get("remaining_pct") for r in d.get("table", [])]
+    ncol = max(4, len(pct))
+    head = ["approach", "dataset"] + [r.get("layer") for r in d.get("table", [])] + ["compression", "neurons", "top-1 error"]
+    if len(head) != ncol + 5:
+        head = ["approach", "dataset"] + [f"layer {i + 1}" for i in range(ncol)] + ["compression", "neurons", "top-1 error"]
+    rows = [["baseline (ours)", "Fashion-MNIST"] + ["100%"] * ncol
+            + ["1x", base.get("neurons"), _fmt(100 * (1 - base.get("test_accuracy", 0)), "{:.2f}%")],
+            ["SeReNe (ours)", "Fashion-MNIST"] + [_fmt(p, "{:.2f}%") for p in pct] + [""] * (ncol - len(pct))
+            + [_fmt(s.get("compression_nonzero"), "{:.1f}x"), s.get("neurons"),
+               _fmt(100 * (1 - s.get("test_accuracy", 0)), "{:.2f}%")],
+            ["SeReNe (paper)", "MNIST"] + [f"{p}%" for p in SERENE_PAPER["remaining"]] + [""] * (ncol - 4)
+            + [f"{SERENE_PAPER['compression']}x", SERENE_PAPER["neurons"], f"{SERENE_PAPER['error']}%"]]
+    out = (f"LeNet-5, {d.get('epochs')} epochs for both runs. Compression counts non-zero parameters, as the "
+           f"paper's table does; the compact model that physically lost neurons has "
+           f"{_fmt(s.get('params_compact'), '{:,}')} parameters ({_fmt(s.get('compression_structural'), '{:.1f}')}x). "
+           f"Accuracy loss vs the dense model: {_fmt(d.get('accuracy_loss_points'))} points.\n\n"
+           + md_table(head, rows))
+    hist = s.get("history", [])
+
+    def draw(axes):
+        ep = [h["epoch"] for h in hist]
+        axes[0].plot(ep, [h["nonzero_params"] for h in hist], "o-", label="non-zero")
+        axes[0].plot(ep, [h["params_alive"] for h in hist], "s-", label="compact model")
+        axes[0].set(yscale="log", xlabel="epoch", ylabel="parameters", title="SeReNe: parameters")
+        axes[0].legend(fontsize=7)
+        axes[1].plot(ep, [100 * h["test_accuracy"] for h in hist], "o-", label="SeReNe")
+        axes[1].axhline(100 * base.get("test_accuracy", 0), color="k", ls="--", lw=0.8, label="dense, final")
+        axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="SeReNe: accuracy")
+        axes[1].legend(fontsize=7)
+
+    if hist and all("nonzero_params" in h and "test_accuracy" in h for h in hist):
+        out += "\n" + _figure(fig_dir, "serene", draw, ncols=2)
+    return out
+
+
+def neq_section(d: dict, fig_dir: Path) -> str:
+    """NEq on vs off per model: accuracy, backprop FLOPs, backward time; frozen fraction over epochs."""
+    res = d.get("results", [])
+    rows = []
+    for r in res:
+        off, on = r.get("off", {}), r.get("on", {})
+        rows.append((r.get("model"), r.get("epochs"), _fmt(100 * off.get("test_accuracy", 0), "{:.2f}%"),
+                     _fmt(100 * on.get("test_accuracy", 0), "{:.2f}%"), _fmt(r.get("accuracy_loss_points")),
+                     _fmt(100 * (r.get("bprop_flops_saved_frac") or 0), "{:.1f}%"),
+                     _fmt(100 * r["backward_wall_saved_frac"], "{:.1f}%") if r.get("backward_wall_saved_frac") is not None
+                     else "n/a"))
+    out = md_table(["model", "epochs", "accuracy, NEq off", "accuracy, NEq on", "loss (points)",
+                    "backprop FLOPs saved", "backward wall time saved"], rows)
+
+    def mean_frozen(h: dict) -> float:
+        ff = h.get("frozen_fraction") or {}
+        return 100 * sum(ff.values()) / len(ff) if ff else 0.0
+
+    def draw(ax):
+        for r in res:
+            hist = r.get("on", {}).get("history", [])
+            ax.plot([h["epoch"] for h in hist], [mean_frozen(h) for h in hist], "o-", label=r.get("model"))
+        ax.set(xlabel="epoch", ylabel="neurons frozen, mean over layers (%)", title="NEq: neurons at equilibrium")
+        ax.legend(fontsize=7)
+
+    if any(r.get("on", {}).get("history") for r in res):
+        out += "\n" + _figure(fig_dir, "neq", draw)
+    return out
+
+
+def dynhp_section(d: dict, fig_dir: Path) -> str:
+    """DynHP vs dense at the same starting batch, and the batch-size trajectory."""
+    b, h = d.get("baseline", {}), d.get("dynhp", {})
+    mem = d.get("peak_memory_at_starting_batch", {})
+    rows = [("test accuracy", _fmt(b.get("test_accuracy"), "{:.4f}"), _fmt(h.get("test_accuracy"), "{:.4f}")),
+            ("params", _fmt(b.get("params"), "{:,}"), _fmt(h.get("params"), "{:,}")),
+            ("neurons", b.get("neurons"), h.get("neurons")),
+            (f"peak training memory at batch {d.get('starting_batch')} (MiB)",
+             _fmt((mem.get("dense_bytes") or 0) / 2**20), _fmt((mem.get("pruned_bytes") or 0) / 2**20)),
+            ("batch sizes", str(d.get("starting_batch")), h.get("batch_sizes")),
+            ("budget violations", "-", h.get("violations"))]
+    out = (f"LeNet-5, {d.get('epochs')} epochs, budget {_fmt((d.get('budget_bytes') or 0) / 2**20)} MiB.\n\n"
+           + md_table(["quantity", "dense", "DynHP"], rows))
+    hist = h.get("history", [])
+
+    def draw(axes):
+        ep = [x["epoch"] for x in hist]
+        axes[0].plot(ep, [x["batch"] for x in hist], "o-")
+        axes[0].set(xlabel="epoch", ylabel="batch size", title="DynHP: batch grows as the model shrinks")
+        axes[1].plot(ep, [x["params_alive"] for x in hist], "o-")
+        axes[1].set(xlabel="epoch", ylabel="parameters", title="DynHP: model size")
+
+    if hist and all("batch" in x and "params_alive" in x for x in hist):
+        out += "\n" + _figure(fig_dir, "dynhp", draw, ncols=2)
+    return out
+
+
+def scale_section(d: dict, fig_dir: Path) -> str:
+    """Setting, round times and the host-memory timeline."""
+    s = d.get("setting", {})
+    rows = [("clients / per round", f"{s.get('clients')} / {s.get('clients_per_round')}"),
+            ("rounds", s.get("rounds")), ("methods", s.get("methods")),
+            ("startup (s)", _fmt(d.get("startup_seconds"), "{:.1f}")),
+            ("round seconds", ", ".join(_fmt(x, "{:.1f}") for x in d.get("round_seconds", []))),
+            ("peak RSS sum / PSS (GiB)", f"{_fmt(d.get('peak_rss_gib'))} / {_fmt(d.get('peak_pss_gib'))}"),
+            ("final accuracy", _fmt(d.get("final_accuracy"), "{:.4f}")),
+            ("client failures", d.get("client_failures"))]
+    out = md_table(["quantity", "value"], rows)
+    tl = d.get("rss_timeline", [])
+
+    def draw(ax):
+        ax.plot([t for t, _ in tl], [v / 2**30 if v > 1e6 else v for _, v in tl])
+        ax.set(xlabel="seconds", ylabel="host memory, RSS sum (GiB)", title="scale: host memory over the run")
+
+    if tl and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in tl):
+        out += "\n" + _figure(fig_dir, "scale", draw)
+    return out
+
+
+SECTIONS: dict[str, Section] = {
+    "overhead": overhead_section, "pipeline": pipeline_section, "memory_model": memory_model_section,
+    "adherence": adherence_section, "surgery": surgery_section, "serene": serene_section,
+    "neq": neq_section, "dynhp": dynhp_section, "scale": scale_section,
+}
+
+
+def papers_table(results: dict[str, dict]) -> str:
+    """Our method figures beside the source papers' (datasets and models named)."""
+    s, n, h = results.get("serene", {}), results.get("neq", {}), results.get("dynhp", {})
+    rows = []
+    if s:
+        ss = s.get("serene", {})
+        rows.append(("SeReNe compression (non-zero params)", "LeNet-5 / MNIST", f"{SERENE_PAPER['compression']}x",
+                     "LeNet-5 / Fashion-MNIST", _fmt(ss.get("compression_nonzero"), "{:.1f}x")))
+        rows.append(("SeReNe neurons", "LeNet-5 / MNIST", SERENE_PAPER["neurons"], "LeNet-5 / Fashion-MNIST",
+                     ss.get("neurons")))
+        rows.append(("SeReNe top-1 error", "LeNet-5 / MNIST", f"{SERENE_PAPER['error']}%", "LeNet-5 / Fashion-MNIST",
+                     _fmt(100 * (1 - ss.get("test_accuracy", 0)), "{:.2f}%")
+                     + f" (dense {_fmt(100 * (1 - s.get('baseline', {}).get('test_accuracy', 0)), '{:.2f}%')})"))
+    for r in n.get("results", []):
+        rows.append(("NEq backprop FLOPs saved / accuracy change", "ResNet-18 / ImageNet", "-23.08% / -0.28 points",
+                     f"{r.get('model')} / Fashion-MNIST",
+                     f"-{_fmt(100 * (r.get('bprop_flops_saved_frac') or 0), '{:.1f}')}% / "
+                     f"{_fmt(-(r.get('accuracy_loss_points') or 0), '{:+.2f}')} points"))
+    if h:
+        hh = h.get("dynhp", {})
+        rows.append(("DynHP compression", "two public datasets (report)", "up to 10x", "LeNet-5 / Fashion-MNIST",
+                     _fmt(h.get("compression"), "{:.1f}x")))
+        rows.append(("DynHP training memory saved", "two public datasets (report)", "up to 80%",
+                     "LeNet-5 / Fashion-MNIST", _fmt(100 * (h.get("memory_reduction") or 0), "{:.1f}%")))
+        rows.append(("DynHP accuracy loss", "two public datasets (report)", "<= 3.5 points",
+                     "LeNet-5 / Fashion-MNIST", f"{_fmt(h.get('accuracy_loss_points'))} points"
+                     f" ({_fmt(hh.get('test_accuracy'), '{:.4f}')})"))
+    if not rows:
+        return ""
+    return md_table(["figure", "paper: model / dataset", "paper", "ours: model / dataset", "ours"], rows)
