@@ -58,7 +58,7 @@ def run_plain(work: Path, clients: int, rounds: int, samples: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 clients, 1 round, 200 samples, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out")
     a = ap.parse_args()
     clients, rounds, samples, repeats = (2, 1, 200, 1) if a.quick else (8, 3, 0, a.repeats)

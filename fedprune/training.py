@@ -27,7 +27,9 @@ import math
 import os
 import platform
 import time
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -133,12 +135,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     loss, correct = 0.0, 0
     try:
         dev = _model_device(model)
-        for i in range(0, n, max(1, int(batch_size))):
-            xb = x[i: i + batch_size].to(dev)
-            yb = y[i: i + batch_size].to(dev)
-            out = model(xb)
-            loss += float(F.cross_entropy(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
+        with torch.no_grad():  # no autograd graph: no saved activations, no backward bookkeeping
+            for i in range(0, n, max(1, int(batch_size))):
+                xb = x[i: i + batch_size].to(dev)
+                yb = y[i: i + batch_size].to(dev)
+                out = model(xb)
+                loss += float(F.cross_entropy(out, yb, reduction="sum"))
+                correct += int((out.argmax(1) == yb).sum())
     finally:
         model.train(was_training)
     return loss / n, correct / n
@@ -157,20 +160,80 @@ class MethodStep:
     Passed as ``step_fn`` to the memory estimate so that the predicted peak includes SeReNe's extra
     backward (``sensitivity``) and the one weight-sized temporary of LOBSTER's in-place update
     (``weight_update``). Hashable (part of the estimate's cache key).
+
+    The extra backward is traced the way :class:`~fedprune.methods.serene.SensitivityProbe` runs it:
+    forward hooks on the neuron-carrying module outputs keep the *first* of them alive (the input of
+    ``autograd.grad``) until the extra backward ends, every hooked output gets a gradient hook that
+    reduces its gradient with ``g.abs().mean(...)`` (an activation-sized temporary), and the extra
+    backward is ``autograd.grad(outputs.sum(), first_output, retain_graph=True)``. The hooked modules
+    are ``sensitivity_modules`` when given (the names SeReNe hooks: its sites' output modules);
+    otherwise the same choice as the sites': every BatchNorm, and every conv/linear not directly
+    followed (in module order) by a BatchNorm of its width, except a module that produces the model's
+    output itself (the logits are no neurons; a hook on them computes nothing at their grad's size).
     """
 
     sensitivity: bool = False
     weight_update: bool = False
+    sensitivity_modules: tuple[str, ...] | None = None
+
+    def _sensitivity_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        named = list(model.named_modules())
+        if self.sensitivity_modules is not None:
+            want = set(self.sensitivity_modules)
+            return [(n, m) for n, m in named if n in want]
+        bn = nn.modules.batchnorm._BatchNorm
+        chosen = []
+        layers = [(n, m) for n, m in named if isinstance(m, (nn.Conv2d, nn.Linear, bn))]
+        for i, (n, m) in enumerate(layers):
+            if isinstance(m, bn):
+                chosen.append((n, m))
+                continue
+            width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            nxt = layers[i + 1][1] if i + 1 < len(layers) else None
+            if isinstance(nxt, bn) and nxt.num_features == width:
+                continue  # its BatchNorm carries the neurons
+            chosen.append((n, m))
+        return chosen
 
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+        state: dict[str, Any] = {"first": None, "collect": False, "acc": {}, "grad_hooks": []}
+        handles = []
         if self.sensitivity:
-            first = next((p for p in model.parameters() if p.requires_grad), None)
-            if first is not None:
-                torch.autograd.grad(out.sum(), first, retain_graph=True)
+            def grad_hook(g: torch.Tensor, key: int) -> None:
+                if state["collect"]:
+                    dims = [d for d in range(g.dim()) if d != 1]
+                    red = g.detach().abs().mean(dim=dims)  # the probe's per-channel reduction
+                    acc = state["acc"]
+                    acc[key] = acc[key] + red if key in acc else red
+
+            def fwd_hook(mod, inp, o):
+                if isinstance(o, torch.Tensor) and o.requires_grad:
+                    if state["first"] is None:
+                        state["first"] = o
+                    h = o.register_hook(lambda g, key=id(mod): grad_hook(g, key))
+                    state["grad_hooks"].append((weakref.ref(o), h))  # weak: keeps no activation alive
+
+            handles = [m.register_forward_hook(fwd_hook) for _, m in self._sensitivity_modules(model)]
+        try:
+            out = model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for ref, h in state.pop("grad_hooks"):
+            if ref() is out:  # the logits carry no neurons: the probe never hooks them
+                h.remove()
+        loss = F.cross_entropy(out, y)
+        first, state["first"] = state["first"], None
+        sens = []  # SeReNe keeps one small per-neuron sensitivity vector per group until its update
+        if first is not None and first is not out:
+            state["collect"] = True
+            torch.autograd.grad(out.sum(), first, retain_graph=True)
+            state["collect"] = False
+            sens = [v * 1.0 for v in state["acc"].values()]
+        del first
+        state["acc"] = {}
         loss.backward()
         optimizer.step()
         if self.weight_update:
@@ -179,6 +242,7 @@ class MethodStep:
                     if p.dim() >= 2 and p.grad is not None:
                         tmp = p.grad.abs()
                         del tmp
+        del sens
         return loss.detach()
 
 
@@ -667,11 +731,29 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
 
 
 def machine_info() -> dict[str, Any]:
-    """Where a run happened: platform, CPU count, torch threads and version."""
+    """Where a run happened: platform, CPU model and count, RAM, torch version and threads, load,
+    UTC date. Every benchmark JSON states this."""
+    import datetime
+
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        ram = int(psutil.virtual_memory().total)
+    except ImportError:  # pragma: no cover - psutil is a declared dependency
+        ram = 0
     return {
         "platform": platform.platform(), "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(), "cpu_model": cpu,
+        "cores": os.cpu_count(), "cpu_count": os.cpu_count(), "ram_bytes": ram,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -132,12 +132,122 @@ def test_serene_training_thresholds_and_shrinks_the_model(lenet):
     y = torch.randint(0, 10, (192,), generator=g)
     x = t[y] + 0.5 * torch.randn(192, 1, 28, 28, generator=g)
     data = ClientData(x[:128], y[:128], x[128:], y[128:])
-    cfg = TrainConfig(epochs=2, lr=0.02, batch_size=32)
+    # lr high enough to learn something in 2 epochs: a model at chance level is not thresholded
+    cfg = TrainConfig(epochs=2, lr=0.1, batch_size=32)
     res = train_local(graph.compact(dense, mask), mask, graph, data, cfg, "serene",
-                      {"serene": {"pwe": 0, "twt": 10.0, "lmbda": 1e-3}}, None)
+                      {"serene": {"pwe": 0, "twt": 0.5, "lmbda": 1e-3}}, None)
     m = res.metrics
     assert m["serene_prune_events"] >= 1 and m["serene_sparsity"] > 0.3
     assert m["serene_neurons_removed"] > 0 and res.mask.num_alive() < mask.num_alive()
     assert m["params_alive"] < m["params_dense"]  # physically smaller
     assert sum(p.numel() for p in res.model.parameters()) == m["params_alive"]
     assert m["serene_sensitivity_mean"] > 0
+
+
+# -- thresholding guard (TWT near chance level) ------------------------------------------------
+
+
+def _synthetic(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, 10, (n,), generator=g)
+    return t[y] + 0.5 * torch.randn(n, 1, 28, 28, generator=g), y
+
+
+def _ctx(model, x, y):
+    from fedprune.training import evaluate
+
+    return SimpleNamespace(model=model, val_y=y,
+                           val_loss=lambda n: evaluate(model, x[:n], y[:n], 256)[0])
+
+
+def _trained(steps: int, lr: float):
+    model = build_model("lenet300", seed=0)
+    x, y = _synthetic(256 + 64)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for i in range(steps):
+        xb, yb = x[(i * 32) % 256:][:32], y[(i * 32) % 256:][:32]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return model, x[256:], y[256:]
+
+
+def test_search_threshold_does_not_accept_the_trivial_predictor():
+    from fedprune.methods.schedules import loss_bound, search_threshold
+
+    mags = np.linspace(0.01, 1.0, 1000)
+    base, chance = 2.2, float(np.log(10))
+    # the loss rises smoothly to chance level when everything is zeroed: 2.3026 <= 1.05 * 2.2
+    loss_at = lambda t: base + (chance - base) * (t ** 2)  # noqa: E731
+    t_old, frac_old, _ = search_threshold(mags, loss_at, base, 0.05)
+    assert frac_old > 0.99  # the relative tolerance alone thresholds (almost) everything
+    t, frac, loss = search_threshold(mags, loss_at, base, 0.05, chance_loss=chance)
+    assert 0 < frac < 0.3 and loss <= loss_bound(base, 0.05, chance) < base * 1.05
+    assert loss <= base + 0.05 * (chance - base)
+    # not better than chance: nothing is pruned; a huge tolerance still stays below chance
+    assert search_threshold(mags, loss_at, chance, 0.05, chance_loss=chance)[:2] == (0.0, 0.0)
+    assert search_threshold(mags, loss_at, base, 10.0, chance_loss=chance)[2] < chance
+
+
+def test_near_chance_model_is_not_thresholded_to_nothing():
+    from fedprune.methods.schedules import label_entropy
+    from fedprune.methods.thresholding import MagnitudePruner
+
+    model, xv, yv = _trained(steps=3, lr=0.01)
+    ctx = _ctx(model, xv, yv)
+    base = ctx.val_loss(64)
+    chance = label_entropy(yv.numpy())
+    assert base < chance < base * 1.05  # barely trained: zeroing everything is within a 5 % TWT
+    pruner = MagnitudePruner(pwe=0, twt=0.05, samples=64)
+    pruner.attach(model)
+    nz0, total = pruner.counts()
+    pruner.maybe_prune(ctx)
+    nz, _ = pruner.counts()
+    assert nz > 0.5 * nz0  # the old rule zeroed every weight (constant output at chance level)
+    after = ctx.val_loss(64)
+    assert after <= base * 1.05 + 1e-6 and after <= base + 0.05 * (chance - base) + 1e-6
+
+
+def test_trained_model_keeps_the_relative_twt_guarantee():
+    from fedprune.methods.schedules import label_entropy, loss_bound
+    from fedprune.methods.thresholding import MagnitudePruner
+
+    model, xv, yv = _trained(steps=24, lr=0.05)
+    ctx = _ctx(model, xv, yv)
+    base = ctx.val_loss(64)
+    assert base < 1.0
+    pruner = MagnitudePruner(pwe=0, twt=0.05, samples=64)
+    pruner.attach(model)
+    nz0, _ = pruner.counts()
+    assert pruner.maybe_prune(ctx)
+    nz, _ = pruner.counts()
+    assert nz < 0.8 * nz0  # a trained model is still thresholded
+    assert ctx.val_loss(64) <= base * 1.05 + 1e-6
+    # below half the chance loss, the guard's bound is exactly the paper's relative TWT
+    assert loss_bound(base, 0.05, label_entropy(yv.numpy())) == pytest.approx(base * 1.05)
+
+
+# -- memory: the estimator traces the probe's extra backward -----------------------------------
+
+
+def test_serene_predicted_peak_matches_measured_under_budget(lenet):
+    from fedprune.memory import estimate_training_memory
+    from fedprune.training import MethodStep
+
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    x, y = _synthetic(160)
+    data = ClientData(x[:128], y[:128], x[128:], y[128:])
+    pred = estimate_training_memory(model, 32, (1, 28, 28), "sgd",
+                                    step_fn=MethodStep(sensitivity=True)).total_bytes
+    budget = int(pred * 1.10)  # room for the masks, not for an underestimated extra backward
+    cfg = TrainConfig(epochs=1, batch_size=32, max_batch=32)
+    res = train_local(model, mask, graph, data, cfg, "serene", {"serene": {"pwe": 100}}, budget)
+    m = res.metrics
+    assert m["batch_sizes"] == "32" and m["violations"] == 0
+    assert m["measured_peak_bytes"] <= budget
+    # one measured step (the first after the optimizer state exists): predicted == measured
+    assert m["measured_peak_last_bytes"] == m["measured_peak_bytes"]
+    assert m["measured_peak_bytes"] == pytest.approx(m["predicted_peak_bytes"], rel=1e-3)

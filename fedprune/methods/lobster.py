@@ -3,7 +3,8 @@
 Per step, after the optimizer update, every conv/linear weight ``w`` is shrunk by
 ``lmbda * w * max(0, 1 - |dL/dw|)`` (parameter sensitivity ``S = |dL/dw|`` of the current batch,
 eq. 1 of the paper). At the end of each epoch the PWE/TWT scheduler may zero every weight below a
-global magnitude threshold (:class:`~fedprune.methods.thresholding.MagnitudePruner`).
+global magnitude threshold (:class:`~fedprune.methods.thresholding.MagnitudePruner`, whose chance-level
+guard keeps a barely trained model from being thresholded to nothing).
 
 Memory: LOBSTER's zeros are *unstructured*: every tensor keeps its dense shape, its gradient and its
 optimizer state, so it frees **no training memory** and the batch size is never recomputed for it.

@@ -2,7 +2,9 @@
 
 ``kept_fraction`` maps training progress in [0, 1] to the fraction of dense parameters DynHP keeps.
 ``PlateauTrigger`` implements the plateau-waiting-epochs (PWE) rule and ``search_threshold`` the
-thresholding-worsening-tolerance (TWT) search of LOBSTER/SeReNe's scheduler.
+thresholding-worsening-tolerance (TWT) search of LOBSTER/SeReNe's scheduler, with the chance-level
+guard of ``loss_bound`` (the tolerance also applies to the improvement over the best constant
+predictor, so a barely trained model is not thresholded to nothing).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import math
+
+import numpy as np
 
 
 def kept_fraction(progress: float, target_compression: float, start: float = 0.0, end: float = 1.0,
@@ -78,20 +82,36 @@ class PlateauTrigger:
 
 
 def search_threshold(magnitudes_sorted, loss_at: Callable[[float], float], base_loss: float,
-                     twt: float, iters: int = 8) -> tuple[float, float, float]:
+                     twt: float, iters: int = 8,
+                     chance_loss: float | None = None) -> tuple[float, float, float]:
     """TWT: the largest magnitude threshold whose pruning keeps the loss within ``twt`` of the base.
 
     ``magnitudes_sorted`` is an ascending 1-D array of the magnitudes still prunable; ``loss_at(T)``
     returns the validation loss with every prunable weight ``|w| < T`` zeroed (the caller undoes it).
     Bisection over the pruned *fraction* ``q`` (``T`` = the q-quantile), assuming the loss grows with
     ``q``. Returns ``(threshold, fraction of magnitudes below it, loss)``; ``(0.0, 0.0, base_loss)``
-    when even the smallest step exceeds the tolerance. Guarantee: the returned threshold satisfied
-    ``loss <= base_loss * (1 + twt)`` when it was evaluated.
+    when even the smallest step exceeds the tolerance.
+
+    ``chance_loss`` is the loss of the best *constant* predictor on the same samples (the entropy of
+    their labels; see :func:`label_entropy`), i.e. what a network whose weights are all zero can at
+    best achieve. When given, the tolerance applies to the model's improvement over that trivial
+    predictor as well (see :func:`loss_bound`): a model no better than chance is never thresholded,
+    and thresholding never makes the model as bad as chance, so the relative TWT cannot accept
+    zeroing every weight of a barely trained model (whose loss is within ``twt`` of chance anyway).
+
+    Guarantee: the returned threshold satisfied ``loss <= loss_bound(base_loss, twt, chance_loss)``
+    (in particular ``loss <= base_loss * (1 + twt)``, and ``loss < chance_loss`` when given) when it
+    was evaluated.
     """
     n = len(magnitudes_sorted)
     if n == 0:
         return 0.0, 0.0, base_loss
-    bound = base_loss * (1.0 + twt)
+    bound = loss_bound(base_loss, twt, chance_loss)
+    if not math.isfinite(bound):
+        return 0.0, 0.0, base_loss
+
+    def ok(loss: float) -> bool:
+        return loss <= bound and (chance_loss is None or loss < chance_loss)
 
     def thr(q: float) -> tuple[float, int]:
         k = min(n - 1, int(q * n))
@@ -106,9 +126,46 @@ def search_threshold(magnitudes_sorted, loss_at: Callable[[float], float], base_
             lo = mid
             continue
         loss = loss_at(t)
-        if loss <= bound:
+        if ok(loss):
             best = (t, k / n, loss)
             lo = mid
         else:
             hi = mid
     return best
+
+
+def loss_bound(base_loss: float, twt: float, chance_loss: float | None = None) -> float:
+    """The largest validation loss TWT accepts after thresholding a model whose loss is ``base_loss``.
+
+    ``base_loss * (1 + twt)`` (LOBSTER/SeReNe's relative tolerance). With ``chance_loss`` (the loss
+    of the best constant predictor), also at most ``base_loss + twt * (chance_loss - base_loss)``:
+    thresholding may give back at most a ``twt`` fraction of what the model gained over the trivial
+    predictor. For a trained model (``base_loss << chance_loss``, e.g. 0.3 vs ln 10 = 2.3) the first
+    term is the smaller one and nothing changes; for a barely trained model (2.2 vs 2.3) the second
+    one is, and only a tiny loss increase is accepted. Returns ``-inf`` (nothing may be pruned) when
+    ``base_loss >= chance_loss`` or is not finite.
+    """
+    if not math.isfinite(base_loss):
+        return -math.inf
+    bound = base_loss * (1.0 + twt)
+    if chance_loss is not None:
+        gap = chance_loss - base_loss
+        if gap <= 0.0:
+            return -math.inf
+        bound = min(bound, base_loss + twt * gap)
+    return bound
+
+
+def label_entropy(labels) -> float:
+    """Cross-entropy (nats) of the best constant predictor on ``labels``: their empirical entropy.
+
+    A network whose weights are all zero outputs a constant (its biases), and no constant
+    distribution has a lower mean cross-entropy on ``labels`` than their empirical frequencies, so
+    this is a lower bound of such a network's loss (``inf`` for no labels: no bound).
+    """
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    if y.size == 0:
+        return math.inf
+    counts = np.bincount(y)
+    p = counts[counts > 0] / y.size
+    return float(-(p * np.log(p)).sum())

@@ -14,9 +14,11 @@ The mean runs over the batch and the spatial positions **of each channel separat
 reference averages channel 0 for every channel, a known bug). After the optimizer step, every
 parameter slice of neuron ``n`` (weight row, bias, BatchNorm affine) is updated as
 ``w <- w - lmbda * w * max(0, 1 - S_n)``. At the end of each epoch the PWE/TWT scheduler may zero
-weights under a global magnitude threshold; a neuron whose incoming weights are then all zero
-(constant output, folded into the consumers by the surgery) or whose outgoing weights are all zero
-(output never used) is removed physically (returned mask -> ``graph.prune``).
+weights under a global magnitude threshold (with the chance-level guard of
+:mod:`~fedprune.methods.thresholding`: a model no better than the constant predictor is not
+thresholded, and thresholding never brings it down to that level); a neuron whose incoming weights
+are then all zero (constant output, folded into the consumers by the surgery) or whose outgoing
+weights are all zero (output never used) is removed physically (returned mask -> ``graph.prune``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@ again after every optimizer step, so pruned weights stay pruned. At the end of a
 global magnitude threshold whose pruning raises the validation loss by at most ``twt`` (relative) and
 zeroes every weight below it.
 
+Chance-level guard: the relative TWT alone is unsafe on a barely trained model. With a validation
+loss of 2.2 on 10 classes, zeroing *every* weight gives the constant predictor's ~2.30 (= ln 10),
+within 5 %, so the whole network used to be thresholded away (seen in federated runs: 1 neuron per
+layer, 10 % accuracy). The accepted loss is therefore also bounded by
+``base + twt * (chance - base)``, where ``chance`` is the entropy of the validation labels (the loss
+of the best constant predictor, which a network with all weights zero cannot beat), and must stay
+strictly below ``chance``: the tolerance applies to the model's improvement over the trivial
+predictor too (:func:`~fedprune.methods.schedules.loss_bound`). A model no better than chance is not
+thresholded; a well-trained one (0.3 vs 2.3) is unaffected, since ``base * (1 + twt)`` is smaller.
+
 Masks are derived from the weights themselves (``w != 0``) whenever the model is (re)built, so no
 mask needs to travel between rounds: an aggregated zero is a pruned weight.
 """
@@ -16,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedprune.methods.schedules import PlateauTrigger, search_threshold
+from fedprune.methods.schedules import PlateauTrigger, label_entropy, search_threshold
 
 
 def prunable_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -59,12 +69,26 @@ class MagnitudePruner:
         total = sum(m.numel() for m in self.masks.values())
         return nz, total
 
+    def chance_loss(self, ctx) -> float | None:
+        """Loss of the best constant predictor on the samples ``ctx.val_loss(samples)`` uses.
+
+        The entropy of ``ctx.val_y[:samples]``; ``None`` (no chance-level guard) when the context
+        has no validation labels.
+        """
+        y = getattr(ctx, "val_y", None)
+        if y is None:
+            return None
+        y = y[: self.samples]
+        return label_entropy(y.cpu().numpy() if isinstance(y, torch.Tensor) else y)
+
     @torch.no_grad()
     def maybe_prune(self, ctx) -> bool:
         """Record an epoch's validation loss; on a plateau, threshold. Returns True if it pruned.
 
         Guarantee: when it prunes, the validation loss (on ``samples`` validation samples) after
-        thresholding is at most ``(1 + twt)`` times the loss before.
+        thresholding is at most ``(1 + twt)`` times the loss before, at most the loss before plus
+        ``twt`` times its gap to the chance-level loss (label entropy of those samples), and strictly
+        below the chance-level loss; a model whose loss is not below chance level is not pruned.
         """
         base = ctx.val_loss(self.samples)
         if not self.trigger.update(base):
@@ -83,7 +107,8 @@ class MagnitudePruner:
                 p.copy_(backup[n])
             return loss
 
-        t, frac, _ = search_threshold(mags_sorted, loss_at, base, self.twt)
+        chance = self.chance_loss(ctx)
+        t, frac, _ = search_threshold(mags_sorted, loss_at, base, self.twt, chance_loss=chance)
         if t <= 0.0 or frac <= 0.0:
             return False
         for n, p in self._params:
