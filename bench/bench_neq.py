@@ -1,9 +1,13 @@
 """NEq on LeNet-5 and ResNet-8 / Fashion-MNIST, centralized: backprop FLOPs and time vs NEq off.
 
-For each model, the same seed and epochs are trained with NEq off and on. Reported: backprop FLOPs
-per sample averaged over all steps (the accounting of ``fedprune.methods.flops``: weight-gradient
-FLOPs of frozen neurons are saved, input gradients only where autograd skips them), the measured
-wall time of ``loss.backward()`` summed over the run, test accuracy, and the frozen fraction.
+For each model and each seed of ``--seeds`` (default 0,1), the same seed and epochs are trained with
+NEq off and then on. Reported per seed and as means over the seeds: backprop FLOPs per sample
+averaged over all steps (the accounting of ``fedprune.methods.flops``: weight-gradient FLOPs of
+frozen neurons are saved, input gradients only where autograd skips them), the measured wall time of
+``loss.backward()`` (summed, and per step: ``backward_time_per_step_ratio`` = on / off, so batch
+counts do not matter), test accuracy (and its spread over seeds, the noise floor of the accuracy
+target), and the frozen fraction. ``accuracy_loss_points`` is the mean over seeds of the paired
+(same seed) difference off - on.
 
 Targets (issue 5): >= 20% fewer backprop FLOPs with <= 0.5 point accuracy loss, per model.
 
@@ -33,39 +37,99 @@ from fedprune.training import TrainConfig, machine_info, run_centralized  # noqa
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_pair(model: str, epochs: int, lr: float, batch: int, seed: int, ncfg: NEqConfig, sub: dict) -> dict:
-    cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=lr, batch_size=batch, seed=seed,
-                      optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
+def _arm(res: dict, neq: bool) -> dict:
+    m = res["metrics"]
+    arm = {"test_accuracy": res["test_accuracy"], "bprop_flops_per_sample": m["bprop_flops"],
+           "backward_seconds": m["backward_seconds"], "steps": m["steps"],
+           "backward_seconds_per_step": m["backward_seconds"] / max(1, m["steps"]),
+           "wall_seconds": res["wall_seconds"]}
+    if neq:
+        arm.update({"frozen_frac_last_epoch": m["neq_frozen_frac"], "frozen_frac_mean": m["neq_frozen_frac_mean"],
+                    "eval_seconds": m["neq_eval_seconds"]})
+    arm["history"] = res["history"]
+    return arm
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs))
+
+
+def _std(xs: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    if len(xs) < 2:
+        return 0.0
+    mu = _mean(xs)
+    return float((sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5)
+
+
+def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], ncfg: NEqConfig,
+              sub: dict) -> dict:
+    """NEq off and on with the same seeds (off, on, off, on, ...); figures are means over the seeds."""
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
-    print(f"{model}: NEq off, {epochs} epochs")
-    off, _ = run_centralized(model, cfg, "none", log=log, **sub)
-    print(f"{model}: NEq on, {epochs} epochs, {ncfg}")
-    on, _ = run_centralized(model, cfg, "neq", {"neq": ncfg}, log=log, **sub)
-    mo, mn = off["metrics"], on["metrics"]
-    saved = 1.0 - mn["bprop_flops"] / mo["bprop_flops"]
-    loss_pts = 100.0 * (off["test_accuracy"] - on["test_accuracy"])
-    bw_saved = 1.0 - mn["backward_seconds"] / mo["backward_seconds"]
+    per_seed = []
+    for seed in seeds:
+        cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=lr, batch_size=batch, seed=seed,
+                          optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
+        print(f"{model} seed {seed}: NEq off, {epochs} epochs", flush=True)
+        off, _ = run_centralized(model, cfg, "none", log=log, **sub)
+        print(f"{model} seed {seed}: NEq on, {epochs} epochs, {ncfg}", flush=True)
+        on, _ = run_centralized(model, cfg, "neq", {"neq": ncfg}, log=log, **sub)
+        a_off, a_on = _arm(off, False), _arm(on, True)
+        s = {"seed": seed, "train_samples": on["train_samples"], "train_config": on["train_config"],
+             "bprop_flops_saved_frac": 1.0 - a_on["bprop_flops_per_sample"] / a_off["bprop_flops_per_sample"],
+             "accuracy_loss_points": 100.0 * (a_off["test_accuracy"] - a_on["test_accuracy"]),
+             "backward_time_per_step_ratio": a_on["backward_seconds_per_step"] / a_off["backward_seconds_per_step"],
+             "off": a_off, "on": a_on}
+        print(f"{model} seed {seed}: bprop FLOPs saved {100 * s['bprop_flops_saved_frac']:.1f}%, backward time "
+              f"per step on/off {s['backward_time_per_step_ratio']:.3f}, accuracy {a_off['test_accuracy']:.4f} -> "
+              f"{a_on['test_accuracy']:.4f} (loss {s['accuracy_loss_points']:.2f} points)", flush=True)
+        per_seed.append(s)
+
+    def agg(arm: str, neq: bool) -> dict:
+        rs = [s[arm] for s in per_seed]
+        accs = [r["test_accuracy"] for r in rs]
+        out = {"test_accuracy": _mean(accs), "test_accuracy_per_seed": accs,
+               "test_accuracy_std_points": 100.0 * _std(accs),
+               "bprop_flops_per_sample": _mean([r["bprop_flops_per_sample"] for r in rs]),
+               "backward_seconds": float(sum(r["backward_seconds"] for r in rs)),
+               "steps": int(sum(r["steps"] for r in rs)),
+               "wall_seconds": float(sum(r["wall_seconds"] for r in rs))}
+        out["backward_seconds_per_step"] = out["backward_seconds"] / max(1, out["steps"])
+        if neq:
+            for k in ("frozen_frac_last_epoch", "frozen_frac_mean"):
+                out[k] = _mean([r[k] for r in rs])
+            out["eval_seconds"] = float(sum(r["eval_seconds"] for r in rs))
+        return out
+
+    off, on = agg("off", False), agg("on", True)
+    saved = 1.0 - on["bprop_flops_per_sample"] / off["bprop_flops_per_sample"]
+    losses = [s["accuracy_loss_points"] for s in per_seed]
+    loss_pts = _mean(losses)  # = 100 * (mean off accuracy - mean on accuracy)
+    bw_ratio = on["backward_seconds_per_step"] / off["backward_seconds_per_step"]
     row = {
-        "model": model, "epochs": epochs, "train_samples": on["train_samples"],
-        "train_config": on["train_config"],
-        "off": {"test_accuracy": off["test_accuracy"], "bprop_flops_per_sample": mo["bprop_flops"],
-                "backward_seconds": mo["backward_seconds"], "wall_seconds": off["wall_seconds"],
-                "history": off["history"]},
-        "on": {"test_accuracy": on["test_accuracy"], "bprop_flops_per_sample": mn["bprop_flops"],
-               "backward_seconds": mn["backward_seconds"], "wall_seconds": on["wall_seconds"],
-               "frozen_frac_last_epoch": mn["neq_frozen_frac"],
-               "frozen_frac_mean": mn["neq_frozen_frac_mean"],
-               "eval_seconds": mn["neq_eval_seconds"], "history": on["history"]},
+        "model": model, "epochs": epochs, "seeds": list(seeds), "train_samples": per_seed[0]["train_samples"],
+        "train_config": per_seed[0]["train_config"],
+        "off": off, "on": on,
         "bprop_flops_saved_frac": saved,
-        "backward_wall_saved_frac": bw_saved,
+        "backward_time_per_step_ratio": bw_ratio,
+        "backward_wall_saved_frac": 1.0 - bw_ratio,
         "accuracy_loss_points": loss_pts,
+        "accuracy_loss_points_per_seed": losses,
+        "accuracy_loss_points_std": _std(losses),
+        "seed_noise": {"off_test_accuracy_std_points": off["test_accuracy_std_points"],
+                       "on_test_accuracy_std_points": on["test_accuracy_std_points"],
+                       "off_test_accuracy_range_points": 100.0 * (max(off["test_accuracy_per_seed"])
+                                                                  - min(off["test_accuracy_per_seed"]))},
         "targets": {"bprop_flops_20pct_fewer": bool(saved >= 0.2),
                     "accuracy_loss_le_0_5_point": bool(loss_pts <= 0.5)},
+        "per_seed": per_seed,
     }
     row["targets"]["all_met"] = all(row["targets"].values())
-    print(f"{model}: bprop FLOPs saved {100 * saved:.1f}%, backward time saved {100 * bw_saved:.1f}%, "
-          f"accuracy {off['test_accuracy']:.4f} -> {on['test_accuracy']:.4f} (loss {loss_pts:.2f} points), "
-          f"targets {row['targets']}", flush=True)
+    print(f"{model} (mean over seeds {list(seeds)}): bprop FLOPs saved {100 * saved:.1f}%, backward time per step "
+          f"on/off {bw_ratio:.3f} ({off['backward_seconds_per_step'] * 1e3:.2f} -> "
+          f"{on['backward_seconds_per_step'] * 1e3:.2f} ms), accuracy {off['test_accuracy']:.4f} -> "
+          f"{on['test_accuracy']:.4f} (loss {loss_pts:.2f} points, per seed {[round(x, 2) for x in losses]}; "
+          f"off-arm seed std {off['test_accuracy_std_points']:.2f} points), targets {row['targets']}", flush=True)
     return row
 
 
@@ -73,18 +137,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1000 samples, 3 epochs")
     ap.add_argument("--epochs", type=int, default=10, help="epochs for lenet5")
-    ap.add_argument("--resnet-epochs", type=int, default=10)
+    ap.add_argument("--resnet-epochs", type=int, default=15,
+                    help="epochs for resnet8 (its neurons settle later: savings grow with training)")
     ap.add_argument("--resnet-train-samples", type=int, default=20000,
                     help="training subset for resnet8 (0 = all 60000) to keep the run in minutes")
     ap.add_argument("--models", default="lenet5,resnet8")
     ap.add_argument("--eps", type=float, default=NEqConfig.eps)
     ap.add_argument("--mu", type=float, default=NEqConfig.mu_eq)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1",
+                    help="comma-separated seeds; both arms run every seed, figures are means over them")
     ap.add_argument("--out", default=str(RESULTS / "neq.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     ncfg = NEqConfig(eps=a.eps, mu_eq=a.mu)
+    seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    if a.quick:
+        seeds = seeds[:1]
     t0 = time.perf_counter()
     rows = []
     for model in a.models.split(","):
@@ -95,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             epochs, sub = a.epochs, {}
         lr = 0.05
-        rows.append(run_pair(model, epochs, lr, 64, a.seed, ncfg, sub))
+        rows.append(run_model(model, epochs, lr, 64, seeds, ncfg, sub))
     out = {
         "benchmark": "neq", "quick": a.quick, "dataset": "fashion-mnist", "neq_config": ncfg.__dict__,
         "note": ("epochs chosen so the full benchmark fits minutes on 2 shared cores; NEq's first freeze "

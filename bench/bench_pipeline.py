@@ -1,7 +1,7 @@
-"""Whole pipeline: the quickstart fleet with serene+neq+dynhp vs plain FedAvg, same rounds.
+"""Whole pipeline: serene+neq+dynhp vs plain FedAvg on the same fleet, data and rounds.
 
-Both runs use `sim_configs/quickstart.toml` (clients, data, rounds, budgets) and differ only in
-`methods.enabled`. Figures are ratios pruned / FedAvg: wall time, final parameters, upload bytes,
+Both runs use `sim_configs/pipeline.toml` (the quickstart fleet, DynHP aiming at 10x; clients, data,
+rounds, budgets) and differ only in `methods.enabled`. Figures are ratios pruned / FedAvg: wall time, final parameters, upload bytes,
 and the accuracy gap in points. Targets: >= 10x fewer final params, <= 1 point accuracy gap,
 total upload <= 0.5x of dense FedAvg, wall time < 1.0x.
 
@@ -48,7 +48,7 @@ def run(cfg, work: Path, label: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 clients, 1 round, 300 samples each")
-    ap.add_argument("--config", default=str(ROOT / "sim_configs" / "quickstart.toml"))
+    ap.add_argument("--config", default=str(ROOT / "sim_configs" / "pipeline.toml"))
     ap.add_argument("--out")
     a = ap.parse_args()
     base = load_config(a.config)

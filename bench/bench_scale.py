@@ -14,7 +14,7 @@ private Flower home, which catches daemonised Ray processes). It reports
 
 Writes ``bench/results/scale.json`` (or ``--out``). ``--quick``: 2 rounds, 16 samples per client.
 
-    .venv/bin/python bench/bench_scale.py            # 100 clients, 10 per round, 3 rounds
+    .venv/bin/python bench/bench_scale.py            # 100 clients, 10 per round, 5 rounds
     .venv/bin/python bench/bench_scale.py --quick
 """
 

@@ -279,7 +279,7 @@ def scale_section(d: dict, fig_dir: Path) -> str:
             ("round seconds", ", ".join(_fmt(x, "{:.1f}") for x in d.get("round_seconds", []))),
             ("peak RSS sum / PSS (GiB)", f"{_fmt(d.get('peak_rss_gib'))} / {_fmt(d.get('peak_pss_gib'))}"),
             ("final accuracy", _fmt(d.get("final_accuracy"), "{:.4f}")),
-            ("client failures", d.get("client_failures"))]
+            ("client-rounds without an update (did not fit the budget, or failed)", d.get("client_failures"))]
     out = md_table(["quantity", "value"], rows)
     tl = d.get("rss_timeline", [])
 

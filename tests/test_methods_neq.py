@@ -80,12 +80,12 @@ def _snapshot(model):
     (OptimizerSpec("sgd", momentum=0.9, weight_decay=0.05), True),
 ])
 def test_frozen_neurons_do_not_move(lenet, opt, skip):
-    """eps huge: every neuron freezes at the 2nd evaluation (epoch 2) and then never moves."""
+    """eps huge: every neuron freezes at the 3rd evaluation (epoch 3) and then never moves."""
     dense, graph = lenet
     mask = NeuronMask.full(graph)
     x, y = synthetic(160)
     data = ClientData(x[:128], y[:128], x[128:], y[128:])
-    cfg = TrainConfig(epochs=3, lr=0.05, optimizer=opt, batch_size=32)
+    cfg = TrainConfig(epochs=4, lr=0.05, optimizer=opt, batch_size=32)
     snaps = {}
 
     def cb(epoch, ctx, _m):
@@ -96,7 +96,7 @@ def test_frozen_neurons_do_not_move(lenet, opt, skip):
     res = train_local(graph.compact(dense, mask), mask, graph, data, cfg, ["neq"],
                       {"neq": {"eps": 1e9, "skip_layer_grad": skip, "val_samples": 16}}, None,
                       epoch_callback=cb)
-    before, after = snaps[0][0], snaps[2][0]
+    before, after = snaps[1][0], snaps[3][0]
     group_params = [k for k in before if k.split(".")[0] in ("conv1", "conv2", "fc1")
                     and k.endswith(("weight", "bias"))]
     assert group_params
@@ -104,7 +104,7 @@ def test_frozen_neurons_do_not_move(lenet, opt, skip):
         assert torch.equal(before[k], after[k]), f"{k} moved while frozen"
     assert not torch.equal(before["fc2.weight"], after["fc2.weight"])  # output layer still trains
     if not skip:  # no momentum carry-over: frozen rows of every momentum buffer are zero
-        state, params = snaps[2][1], snaps[2][2]
+        state, params = snaps[3][1], snaps[3][2]
         for k in group_params:
             st = state[id(params[k])]
             for key in ("momentum_buffer", "exp_avg"):
@@ -130,7 +130,7 @@ def test_state_survives_rounds_as_plain_numpy(lenet):
         model, mask, state = res.model, res.mask, res.method_state
         assert all(isinstance(v, (np.ndarray, int, float)) for v in state.values())
         assert res.metrics["neq_evals"] == r + 1
-    # round 0 records, round 1 computes phi (|v| = phi < eps), round 2 trains frozen
+    # round 0 records, round 1 measures the first phi (no velocity yet), round 2 freezes (|v| < eps)
     assert res.metrics["neq_frozen_frac"] == 1.0
     assert state["neq/prev/fc1"].shape == (500, 8)
 
@@ -157,3 +157,56 @@ def test_host_state_is_counted_from_the_start(lenet):
     assert actual > 0 and before >= actual
     # conv1: 20 neurons x 32 samples x 4x4 pooled positions, float16
     assert neq.prev["conv1"].shape == (20, 32 * 16) and neq.prev["conv1"].dtype == np.float16
+
+
+def _neq_ctx(lenet, eps):
+    from types import SimpleNamespace
+
+    from fedprune.methods.config import NEqConfig
+    from fedprune.methods.neq import NEq
+    from fedprune.methods.sites import build_sites
+
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    x, _ = synthetic(32)
+    ctx = SimpleNamespace(model=model, sites=build_sites(graph, model, mask), val_x=x, eval_batch=16,
+                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1), frozen_fraction={},
+                          costs_changed=lambda: None)
+    return NEq(NEqConfig(eps=eps, val_samples=32, max_spatial=4)), ctx
+
+
+def test_first_similarity_alone_never_freezes(lenet):
+    """v = phi - 0 at the first similarity is no velocity: with any eps, freezing starts at eval 3."""
+    neq, ctx = _neq_ctx(lenet, eps=1e9)
+    neq.epoch_start(ctx)   # eval 1: record outputs
+    assert not any(f.any() for f in neq.frozen.values())
+    neq.epoch_start(ctx)   # eval 2: first phi, no velocity yet
+    assert not any(f.any() for f in neq.frozen.values())
+    assert all((n == 1).all() for n in neq.nphi.values())
+    neq.epoch_start(ctx)   # eval 3: a real velocity
+    assert all(f.all() for f in neq.frozen.values())
+    neq.detach(ctx)
+    # the counter survives the round trip through the flat state
+    st = neq.state_dict()
+    assert st["nphi/conv1"].tolist() == [2] * 20
+    neq2, _ = _neq_ctx(lenet, eps=1e9)
+    neq2.load_state_dict(st)
+    assert (neq2.nphi["conv1"] == 2).all()
+    legacy = {k: v for k, v in st.items() if not k.startswith("nphi/")}  # state saved before the counter
+    neq3, _ = _neq_ctx(lenet, eps=1e9)
+    neq3.load_state_dict(legacy)
+    assert (neq3._nphi("conv1") == 2).all()
+
+
+def test_frozen_neuron_thaws_when_its_output_moves_again(lenet):
+    neq, ctx = _neq_ctx(lenet, eps=0.5)
+    for _ in range(3):     # outputs unchanged: phi = 1, 1 -> v = 0 at eval 3
+        neq.epoch_start(ctx)
+    assert neq.frozen["conv1"].all()
+    with torch.no_grad():  # negate conv1: its outputs flip, phi = -1, v = -2
+        ctx.model.conv1.weight.neg_()
+        ctx.model.conv1.bias.neg_()
+    neq.epoch_start(ctx)
+    assert not neq.frozen["conv1"].any()
+    neq.detach(ctx)

@@ -81,7 +81,9 @@ class SeReNeConfig:
     evaluations (epochs) without a validation-loss improvement, weights below the largest global
     magnitude threshold that raises the validation loss by at most ``twt`` (relative) are zeroed; a
     neuron whose incoming weights are all zero is physically removed. ``threshold_samples`` validation
-    samples are used for that search.
+    samples are used for that search. The accepted loss is also at most ``base + twt * (chance -
+    base)`` and below ``chance`` (the entropy of those samples' labels: the best constant predictor),
+    so a barely trained model is never thresholded to nothing.
     """
 
     lmbda: float = 1e-4
@@ -114,7 +116,8 @@ class NEqConfig:
     samples (spatially average-pooled to at most ``max_spatial`` x ``max_spatial``) are compared with
     the previous evaluation by cosine similarity ``phi``; the velocity ``v = (phi_t - phi_{t-1}) -
     mu_eq * v_{t-1}`` (eq. 3 of the paper, unrolled) decides: ``|v| < eps`` freezes the neuron for the
-    epoch. With ``skip_layer_grad`` a layer whose neurons are all frozen gets ``requires_grad=False``
+    epoch, once the neuron has two measured similarities (a velocity; so from its third evaluation on).
+    Flags are recomputed every epoch: a neuron whose velocity rises again thaws. With ``skip_layer_grad`` a layer whose neurons are all frozen gets ``requires_grad=False``
     (its weight gradient is not computed at all). Defaults: ``mu_eq = 0`` because eq. 3 weighs the
     first similarity ``phi^0`` (about 1) by ``mu^t``, which keeps every neuron "moving" for the
     first ~log(eps)/log(mu) evaluations, i.e. for most of a run of a few epochs/rounds.
@@ -142,8 +145,8 @@ class LobsterConfig:
 
     Per step: ``w <- w - lmbda * w * max(0, 1 - |dL/dw|)``; after ``pwe`` evaluations without a
     validation-loss improvement, the largest global magnitude threshold raising the validation loss by
-    at most ``twt`` (relative) zeroes weights for good. The zeros are unstructured: tensors keep their
-    shape, so LOBSTER frees **no** training memory (reported as ``lobster_frees_memory = 0``).
+    at most ``twt`` (relative; and at most a ``twt`` fraction of the gain over the chance-level loss,
+    see SeReNe) zeroes weights for good. The zeros are unstructured: tensors keep their shape, so LOBSTER frees **no** training memory (reported as ``lobster_frees_memory = 0``).
     """
 
     lmbda: float = 1e-4

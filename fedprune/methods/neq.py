@@ -7,7 +7,12 @@ Per neuron ``i`` and evaluation ``t`` (the start of every local epoch):
 * velocity ``v_i^t = (phi_i^t - phi_i^{t-1}) - mu_eq * v_i^{t-1}`` with ``phi^{-1} = v^{-1} = 0``,
   which unrolls exactly to eq. 3 of the paper (``v^t = phi^t + sum_a (-1)^a (mu^{a-1} + mu^a)
   phi^{t-a}``; for ``mu_eq = 0`` it is ``phi^t - phi^{t-1}``);
-* the neuron is frozen for the coming epoch iff ``|v_i^t| < eps``.
+* the neuron is frozen for the coming epoch iff ``|v_i^t| < eps`` and ``v_i^t`` is a real velocity,
+  i.e. the neuron has at least two measured similarities (``phi^t`` and ``phi^{t-1}``). The first
+  similarity alone gives ``v = phi^t - 0``, which is below ``eps`` only when the outputs turned
+  (near-)orthogonal -- maximal change, not equilibrium -- so no neuron freezes before the third
+  evaluation it takes part in. The flags are recomputed at every evaluation: a frozen neuron whose
+  velocity rises again (its inputs keep changing) thaws.
 
 A frozen neuron gets no update at all: its parameter slices get a zero gradient, are restored after
 the optimizer step (so weight decay, momentum and other methods cannot move them) and their momentum
@@ -16,7 +21,8 @@ parameter whose slices are all frozen gets ``requires_grad=False`` (``skip_layer
 then skips its weight gradient, a real wall-clock saving.
 
 State (dense-relative, so it survives rounds and structural changes) is plain numpy: previous outputs
-(float16), previous ``phi``, velocity and frozen flags per group, and the evaluation count.
+(float16), previous ``phi``, velocity, frozen flags and the number of measured similarities per
+group, and the evaluation count.
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ class NEq(Method):
         self.phi: dict[str, np.ndarray] = {}    # group -> (dense_size,) float64
         self.vel: dict[str, np.ndarray] = {}
         self.frozen: dict[str, np.ndarray] = {}  # group -> (dense_size,) bool
+        self.nphi: dict[str, np.ndarray] = {}   # group -> (dense_size,) int: similarities measured
         self._slices: list[tuple[torch.nn.Parameter, int, torch.Tensor]] = []
         self._saved: list[tuple[torch.nn.Parameter, int, torch.Tensor, torch.Tensor, dict]] = []
         self._nograd: list[torch.nn.Parameter] = []
@@ -97,7 +104,8 @@ class NEq(Method):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Flat dict: ``evals`` and per group ``prev/<g>``, ``phi/<g>``, ``vel/<g>``, ``frozen/<g>``."""
+        """Flat dict: ``evals`` and per group ``prev/<g>``, ``phi/<g>``, ``vel/<g>``, ``frozen/<g>``,
+        ``nphi/<g>``."""
         out: dict[str, Any] = {"evals": int(self.evals)}
         for g in self.prev:
             out[f"prev/{g}"] = self.prev[g]
@@ -105,7 +113,16 @@ class NEq(Method):
             out[f"phi/{g}"] = self.phi[g].astype(np.float64)
             out[f"vel/{g}"] = self.vel[g].astype(np.float64)
             out[f"frozen/{g}"] = self.frozen[g].astype(bool)
+            out[f"nphi/{g}"] = self._nphi(g).astype(np.int64)
         return out
+
+    def _nphi(self, g: str) -> np.ndarray:
+        """Similarities measured per neuron of ``g`` (state saved before this counter existed: assume
+        every neuron with a phi has ``evals - 1`` of them)."""
+        n = len(self.phi[g])
+        if g not in self.nphi or self.nphi[g].shape != (n,):
+            self.nphi[g] = np.full(n, max(0, self.evals - 1), dtype=np.int64)
+        return self.nphi[g]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; unknown keys are ignored."""
@@ -123,6 +140,8 @@ class NEq(Method):
                 self.vel[g] = arr.astype(np.float64)
             elif kind == "frozen":
                 self.frozen[g] = arr.astype(bool)
+            elif kind == "nphi":
+                self.nphi[g] = arr.astype(np.int64)
 
     def extra_bytes(self, ctx) -> int:
         """Host bytes of the NEq state: the stored outputs (float16) and per-neuron vectors.
@@ -131,11 +150,12 @@ class NEq(Method):
         state exists yet.
         """
         actual = sum(a.nbytes for a in self.prev.values())
-        actual += sum(a.nbytes + self.vel[g].nbytes + self.frozen[g].nbytes for g, a in self.phi.items())
+        actual += sum(a.nbytes + self.vel[g].nbytes + self.frozen[g].nbytes + self._nphi(g).nbytes
+                      for g, a in self.phi.items())
         n = min(self.cfg.val_samples, len(ctx.val_x))
         if self._positions is None:
             self._positions = self._output_positions(ctx)
-        expected = sum(site.dense_size * (n * self._positions.get(g, 1) * 2 + 17)
+        expected = sum(site.dense_size * (n * self._positions.get(g, 1) * 2 + 25)
                        for g, site in ctx.sites.items())
         return int(max(actual, expected))
 
@@ -218,21 +238,27 @@ class NEq(Method):
                 self.phi[g] = np.zeros(n)
                 self.vel[g] = np.zeros(n)
                 self.frozen[g] = np.zeros(n, dtype=bool)
+                self.nphi[g] = np.zeros(n, dtype=np.int64)
+            nphi = self._nphi(g)
             prev = self.prev.get(g)
             if prev is not None and prev.shape == (n, cur.shape[1]):
                 phi = cosine_rows(cur, prev[alive].astype(np.float32))
                 v = velocity_step(phi, self.phi[g][alive], self.vel[g][alive], self.cfg.mu_eq)
                 self.phi[g][alive] = phi
                 self.vel[g][alive] = v
-                self.frozen[g][alive] = np.abs(v) < self.cfg.eps
+                nphi[alive] += 1
+                # a velocity needs two similarities: the first one alone (v = phi - 0) is no equilibrium
+                self.frozen[g][alive] = (np.abs(v) < self.cfg.eps) & (nphi[alive] >= 2)
             else:  # first look at this group (or the validation subset changed): record only
                 prev = np.zeros((n, cur.shape[1]), dtype=np.float16)
                 self.frozen[g][:] = False
+                nphi[:] = 0
             prev[alive] = cur.astype(np.float16)
             self.prev[g] = prev
             dead = np.ones(n, dtype=bool)
             dead[alive] = False
             self.frozen[g][dead] = False
+            nphi[dead] = 0  # a revived neuron starts over (its stored outputs are zeros)
 
     # ------------------------------------------------------------------ freezing
     def _apply_freeze(self, ctx, record: bool = True) -> None:
