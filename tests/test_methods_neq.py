@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedprune.memory import OptimizerSpec
+from fedprune.methods.config import NEqConfig
 from fedprune.methods.neq import cosine_rows, neuron_outputs, velocity_eq3, velocity_step
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
@@ -137,20 +138,7 @@ def test_state_survives_rounds_as_plain_numpy(lenet):
 
 def test_host_state_is_counted_from_the_start(lenet):
     """NEq's numpy state is budgeted before it exists (an upper bound valid from step one)."""
-    from types import SimpleNamespace
-
-    from fedprune.methods.config import NEqConfig
-    from fedprune.methods.neq import NEq
-    from fedprune.methods.sites import build_sites
-
-    dense, graph = lenet
-    mask = NeuronMask.full(graph)
-    model = graph.compact(dense, mask)
-    x, _ = synthetic(40)
-    ctx = SimpleNamespace(model=model, sites=build_sites(graph, model, mask), val_x=x, eval_batch=16,
-                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1), frozen_fraction={},
-                          costs_changed=lambda: None)
-    neq = NEq(NEqConfig(val_samples=32, max_spatial=4))
+    neq, ctx = _neq_ctx(lenet, NEqConfig.eps)
     before = neq.extra_bytes(ctx)
     neq.epoch_start(ctx)
     actual = sum(a.nbytes for a in neq.prev.values())
