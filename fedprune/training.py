@@ -282,6 +282,7 @@ class TrainContext:
         self.frozen_fraction: dict[str, float] = {}
         self._costs_dirty = True
         self.need_measure = True
+        self.refit_batch = False  # trainable set changed: the batch must be refitted to the budget
 
     @property
     def progress(self) -> float:
@@ -300,9 +301,15 @@ class TrainContext:
         return evaluate(self.model, self.val_x[:samples], self.val_y[:samples], self.eval_batch)[0]
 
     def costs_changed(self) -> None:
-        """Tell the trainer that ``requires_grad`` flags or frozen sets changed."""
+        """Tell the trainer that ``requires_grad`` flags or frozen sets changed.
+
+        The step's memory changes with them (a layer without weight gradient needs no gradient
+        buffer and may not keep its input), so under a budget the batch is refitted before the
+        next step: it grows while layers are frozen and shrinks back before they train again.
+        """
         self._costs_dirty = True
         self.need_measure = True
+        self.refit_batch = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +448,12 @@ class _Trainer:
         self.build_optimizer()
         self.stats["structural_changes"] += 1
         self.bind()
+        self.refit()
+
+    def refit(self) -> None:
+        """Refit the batch to the budget for the current model and trainable set (no budget: keep)."""
+        ctx = self.ctx
+        ctx.refit_batch = False
         if ctx.budget_bytes is not None:
             b = self.fit_batch()
             self.set_batch(b if b else ctx.cfg.min_batch)
@@ -526,6 +539,8 @@ class _Trainer:
             ctx.epoch, ctx.epoch_fraction = epoch, 0.0
             for m in self.methods:
                 self.apply_mask(m.epoch_start(ctx))
+            if ctx.refit_batch:
+                self.refit()
             perm = torch.randperm(n, generator=gen)
             pos, loss_sum, correct, seen = 0, 0.0, 0, 0
             while pos < n:
@@ -562,6 +577,8 @@ class _Trainer:
                 ctx.epoch_fraction = pos / n
                 for m in self.methods:
                     self.apply_mask(m.step_end(ctx))
+                if ctx.refit_batch:
+                    self.refit()
             ctx.epoch_fraction = 1.0
             for m in self.methods:
                 self.apply_mask(m.epoch_end(ctx))

@@ -11,6 +11,7 @@ from torch import nn
 
 from fedprune.data import TensorPair
 from fedprune.memory import OptimizerSpec
+from fedprune.methods.base import Method
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
 from fedprune.training import (ClientData, MethodStep, TrainConfig, evaluate, train_centralized,
@@ -159,3 +160,35 @@ def test_cosine_schedule_and_linear_scaling(lenet):
     assert res.metrics["lr_final"] < 0.1 * 0.01  # end of the last round: cosine is ~0
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step").validate()
+
+
+class _FreezeConvsEveryOtherEpoch(Method):
+    """A stand-in for NEq freezing whole layers: the conv weights have no gradient in odd epochs."""
+
+    name = "freezer"
+
+    def epoch_start(self, ctx):
+        frozen = ctx.epoch % 2 == 1
+        for m in ctx.model.modules():
+            if isinstance(m, nn.Conv2d):
+                for p in m.parameters():
+                    p.requires_grad_(not frozen)
+        ctx.costs_changed()
+        return None
+
+
+def test_batch_follows_the_trainable_set_within_the_budget(lenet, monkeypatch):
+    """Freezing frees memory (bigger batch); thawing needs it back (batch refitted, no violation)."""
+    import fedprune.training as training
+
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    monkeypatch.setattr(training, "build_methods", lambda names, cfgs: [_FreezeConvsEveryOtherEpoch(None)])
+    budget = 9_000_000
+    cfg = TrainConfig(epochs=3, batch_size=8, min_batch=8, max_batch=256, measure_every=1)
+    res = train_local(model, mask, graph, client(1024), cfg, "none", None, budget, None, 0, 1)
+    m = res.metrics
+    sizes = [int(b) for b in m["batch_sizes"].split(",")]
+    assert m["violations"] == 0 and m["measured_peak_bytes"] <= budget
+    assert len(sizes) >= 3 and sizes[1] > sizes[0] and sizes[2] < sizes[1]  # up while frozen, back down
