@@ -231,14 +231,19 @@ def neq_section(d: dict, fig_dir: Path) -> str:
         ff = h.get("frozen_fraction") or {}
         return 100 * sum(ff.values()) / len(ff) if ff else 0.0
 
+    def on_history(r: dict) -> list[dict]:  # the first seed's NEq-on run (older files: r["on"])
+        seeds = r.get("per_seed") or [r]
+        return seeds[0].get("on", {}).get("history", [])
+
     def draw(ax):
         for r in res:
-            hist = r.get("on", {}).get("history", [])
-            ax.plot([h["epoch"] for h in hist], [mean_frozen(h) for h in hist], "o-", label=r.get("model"))
+            hist = on_history(r)
+            ax.plot([h["epoch"] for h in hist], [mean_frozen(h) for h in hist], "o-",
+                    label=f"{r.get('model')} (seed {(r.get('seeds') or [0])[0]})")
         ax.set(xlabel="epoch", ylabel="neurons frozen, mean over layers (%)", title="NEq: neurons at equilibrium")
         ax.legend(fontsize=7)
 
-    if any(r.get("on", {}).get("history") for r in res):
+    if any(on_history(r) for r in res):
         out += "\n" + _figure(fig_dir, "neq", draw)
     return out
 
