@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.records import (ARRAYS, INFO, MASK, METRICS, NUM_EXAMPLES, from_array_record,

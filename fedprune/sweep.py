@@ -37,7 +37,6 @@ working in one folder at once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import importlib
 import itertools

@@ -240,8 +240,7 @@ class MethodStep:
             with torch.no_grad():
                 for p in model.parameters():
                     if p.dim() >= 2 and p.grad is not None:
-                        tmp = p.grad.abs()
-                        del tmp
+                        p.grad.abs()  # LOBSTER's one weight-sized temporary, freed at once
         del sens
         return loss.detach()
 
