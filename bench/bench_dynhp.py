@@ -18,7 +18,6 @@ Writes ``bench/results/dynhp.json`` (``--out``), with machine info.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
 
 from fedprune.memory import OptimizerSpec, estimate_training_memory, measure_training_memory  # noqa: E402
 from fedprune.methods import DynHPConfig  # noqa: E402
@@ -120,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"batch trajectory: {m['batch_sizes']}  (budget {budget / 2**20:.2f} MiB, "
           f"violations {m['violations']})")
     print(f"accuracy loss {loss_pts:.2f} points; targets: {out['targets']}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2, default=str))
-    print(f"wrote {a.out}")
+    write_result("dynhp", out, a.out)
     return out
 
 

@@ -20,7 +20,6 @@ Writes ``bench/results/neq.json`` (``--out``), with machine info.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
 
 from fedprune.memory import OptimizerSpec  # noqa: E402
 from fedprune.methods import NEqConfig  # noqa: E402
@@ -175,9 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": time.perf_counter() - t0,
     }
     out["all_met"] = all(r["targets"]["all_met"] for r in rows)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2, default=str))
-    print(f"wrote {a.out}")
+    write_result("neq", out, a.out)
     return out
 
 

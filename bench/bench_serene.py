@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
 
 from fedprune.memory import OptimizerSpec  # noqa: E402
 from fedprune.methods import SeReNeConfig  # noqa: E402
@@ -143,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
           + f" {nz_ratio:>7.1f}x  {ser['neurons']:<24} {100 * (1 - ser['test_accuracy']):.2f}%")
     print(f"structural (compact model) compression: {ser['compression']:.1f}x; "
           f"accuracy loss {loss_pts:.2f} points; targets: {out['targets']}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2, default=str))
-    print(f"wrote {a.out}")
+    write_result("serene", out, a.out)
     return out
 
 
