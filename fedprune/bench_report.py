@@ -155,9 +155,9 @@ def headline_rows(results: dict[str, dict]) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     """Rows as a Markdown table."""
-    lines = ["| figure | measured | target | met |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines) + "\n"
+    from fedprune.bench_sections import md_table
+
+    return md_table(["figure", "measured", "target", "met"], rows)
 
 
 def write_results_md(results_dir: str | Path, out: str | Path) -> list[Row]:

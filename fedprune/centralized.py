@@ -22,7 +22,7 @@ from fedprune.data import dataset_info, load_dataset
 from fedprune.memory import make_budget_schedule
 from fedprune.models import example_input
 from fedprune.results import CONFIG_FILE, atomic_write_text, write_json, write_metrics
-from fedprune.surgery import count_params, export_onnx, save_model, simplify
+from fedprune.surgery import count_params, export_final_model
 from fedprune.training import evaluate, run_centralized as _run
 
 
@@ -46,12 +46,9 @@ def run_centralized(cfg: ExperimentConfig, out_dir: str | Path, epochs: int | No
     write_metrics(out, [{"round": h["epoch"], **h} for h in result["history"]])  # one row per epoch
     info = dataset_info(cfg.data.dataset)
     example = example_input(info.channels, info.image_size)
-    final, _, _ = simplify(res.model.eval(), example)
-    final.eval()
+    final, _, _ = export_final_model(res.model.eval(), example, out)
     _, test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
     loss, acc = evaluate(final, test.x, test.y)
-    save_model(final, out / "final_model.pt")
-    export_onnx(final, example, out / "final_model.onnx")
     final_params = count_params(final)
     summary = {
         "name": cfg.run.name, "mode": "centralized", "model": cfg.model.name, "dataset": cfg.data.dataset,

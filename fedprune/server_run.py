@@ -20,8 +20,7 @@ from fedprune.config import ExperimentConfig, dumps_toml, to_dict
 from fedprune.data import load_dataset
 from fedprune.global_model import GlobalModel
 from fedprune.results import CONFIG_FILE, atomic_write_text, read_metrics, write_json, write_metrics
-from fedprune.surgery import (count_flops, count_params, export_onnx, format_neurons,
-                              neurons_per_layer, save_model, simplify)
+from fedprune.surgery import count_flops, count_params, export_final_model, format_neurons, neurons_per_layer
 from fedprune.training import evaluate
 
 # client metrics averaged over the clients of a round (when present)
@@ -96,14 +95,11 @@ class ServerRun:
         """Final simplification, export, and ``summary.json``; returns the summary."""
         masked = gm.graph.zero_pruned(gm.dense_model(), gm.mask).eval()
         masked_loss, masked_acc = self.evaluate(gm)  # the compact global computes the masked model
-        final, final_mask, final_graph = simplify(masked, gm.example)
-        final.eval()
+        final, final_mask, final_graph = export_final_model(masked, gm.example, self.out_dir)
         loss, acc = evaluate(final, self.test.x, self.test.y)
         with torch.no_grad():
             x = self.test.x[:256]
             max_diff = float((final(x) - masked(x)).abs().max())
-        save_model(final, self.out_dir / "final_model.pt")
-        export_onnx(final, gm.example, self.out_dir / "final_model.onnx")
         dense_params = gm.dense_params()
         final_params = count_params(final)
         rows = self.rows

@@ -135,13 +135,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     loss, correct = 0.0, 0
     try:
         dev = _model_device(model)
-        with torch.no_grad():  # no autograd graph: no saved activations, no backward bookkeeping
-            for i in range(0, n, max(1, int(batch_size))):
-                xb = x[i: i + batch_size].to(dev)
-                yb = y[i: i + batch_size].to(dev)
-                out = model(xb)
-                loss += float(F.cross_entropy(out, yb, reduction="sum"))
-                correct += int((out.argmax(1) == yb).sum())
+        for i in range(0, n, max(1, int(batch_size))):
+            xb = x[i: i + batch_size].to(dev)
+            yb = y[i: i + batch_size].to(dev)
+            out = model(xb)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
     finally:
         model.train(was_training)
     return loss / n, correct / n
@@ -359,7 +358,11 @@ class _Trainer:
 
     def _step_fn(self) -> MethodStep:
         names = {m.name for m in self.methods}
-        return MethodStep(sensitivity="serene" in names, weight_update="lobster" in names)
+        hooked = None
+        if "serene" in names and self.ctx.sites:  # exactly the outputs SeReNe's probe hooks
+            hooked = tuple(sorted({mod for site in self.ctx.sites.values() for mod, _ in site.outputs}))
+        return MethodStep(sensitivity="serene" in names, weight_update="lobster" in names,
+                          sensitivity_modules=hooked)
 
     def fit_batch(self) -> int:
         """Largest batch that fits the budget (0 if none), or ``cfg.batch_size`` without one.
@@ -822,7 +825,10 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
 
     res = train_local(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, None, 0, 1,
                       epoch_callback=on_epoch)
-    test_loss, test_acc = evaluate(res.model, test.x, test.y)
+    if eval_test_every_epoch and len(history) == cfg.epochs:  # the last row scored this very model
+        test_loss, test_acc = history[-1]["test_loss"], history[-1]["test_accuracy"]
+    else:
+        test_loss, test_acc = evaluate(res.model, test.x, test.y)
     out = {
         "model": model_name, "dataset": dataset, "methods": "+".join(names) if names else "none",
         "epochs": cfg.epochs, "budget_bytes": int(budget_bytes or 0),

@@ -93,3 +93,19 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     finally:
         model.train(was_training)
     return str(path)
+
+
+def export_final_model(model: nn.Module, example_input: torch.Tensor, out_dir: str | os.PathLike):
+    """Simplify ``model`` and write it as ``final_model.pt`` and ``final_model.onnx`` in ``out_dir``.
+
+    Every dead neuron is removed and constants are folded (:func:`~fedprune.surgery.simplify`), so the
+    files need no special runtime. Returns simplify's ``(final model in eval mode, mask, graph)``.
+    """
+    from .simplify import simplify
+
+    final, mask, graph = simplify(model, example_input)
+    final.eval()
+    save_model(final, os.path.join(out_dir, "final_model.pt"))
+    export_onnx(final, example_input, os.path.join(out_dir, "final_model.onnx"))
+    return final, mask, graph
+
