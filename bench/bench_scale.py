@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     "quick": bool(args.quick)},
         "host": {"cpus": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
                  "platform": platform.platform()},
-        # headline figures read by fedprune.bench_report: peak = the conservative RSS sum
+        # headline figures read by bench/results_page.py: peak = the conservative RSS sum
         "peak_host_memory_bytes": sampler.peak_rss,
         "fits": bool(summary) and sampler.peak_rss < psutil.virtual_memory().total,
         "seconds_per_round": statistics.fmean(secs[1:]) if len(secs) > 1 else (secs[0] if secs else None),

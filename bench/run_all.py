@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ (full mode), then turn bench/results into bench/RESULTS.md.
 
-`make bench` calls this. Each script writes bench/results/<name>.json; `fedprune report bench/results`
-then writes bench/RESULTS.md and refreshes the README's headline table. A failing script is reported
+`make bench` calls this. Each script writes bench/results/<name>.json; `bench/results_page.py`
+then writes bench/RESULTS.md and refreshes the README's headline table (only `make bench` does). A failing script is reported
 and the others still run. Pass script names to run only some (e.g. `python bench/run_all.py neq`).
 """
 
@@ -28,8 +28,7 @@ def main(argv: list[str]) -> int:
         print(f"== {name}: exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
         if code:
             failed.append(name)
-    code = subprocess.call([sys.executable, "-m", "fedprune.cli", "report", str(HERE / "results"),
-                            "--out", str(HERE / "RESULTS.md")], cwd=ROOT)
+    code = subprocess.call([sys.executable, str(HERE / "results_page.py")], cwd=ROOT)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed or code else 0

@@ -882,36 +882,9 @@ def make_report(path: str | Path, out: str | Path | None = None, figures: bool =
     return Report(kind, out_dir, rows, groups, made)
 
 
-def is_bench_results(path: str | Path) -> bool:
-    """A folder of benchmark JSON files (``bench/results``) and no run folders."""
-    root = Path(path)
-    return (root.is_dir() and not _is_run_dir(root) and not (root / MANIFEST_FILE).is_file()
-            and any(root.glob("*.json")) and not any(root.rglob(CONFIG_FILE)))
-
-
-def bench_report(path: str | Path, out: str | Path | None) -> tuple[Path, bool]:
-    """``bench/results`` -> ``RESULTS.md`` (``fedprune.bench_report``); refreshes the README's headline
-    table when the folder is ``<repo>/bench/results``. Returns (page, README changed)."""
-    from fedprune.bench_report import update_readme, write_results_md
-
-    root = Path(path).resolve()
-    page = Path(out) if out else root.parent / "RESULTS.md"
-    if page.is_dir():
-        page = page / "RESULTS.md"
-    rows = write_results_md(root, page)
-    readme = root.parent.parent / "README.md"
-    changed = root.name == "results" and root.parent.name == "bench" and readme.is_file() \
-        and update_readme(readme, rows)
-    return page, bool(changed)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from fedprune.cli import UsageError
 
-    if is_bench_results(args.path):
-        page, changed = bench_report(args.path, args.out)
-        print(f"fedprune report: benchmark results -> {page}" + ("; README headline table updated" if changed else ""))
-        return 0
     try:
         rep = make_report(args.path, args.out, figures=not args.no_figures)
     except ReportError as err:
@@ -924,9 +897,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_report_parser(sub: Any) -> None:
     """Register ``fedprune report`` on the CLI's subparsers."""
-    r = sub.add_parser("report", help="tables and figures of a run or a sweep (or bench/results)",
-                       description="Write report.csv, report.md and PNG figures for a run or sweep folder; "
-                                   "for a folder of benchmark JSON files (bench/results), write RESULTS.md.")
+    r = sub.add_parser("report", help="tables and figures of a run or a sweep",
+                       description="Write report.csv, report.md and PNG figures for a run or sweep folder.")
     r.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
     r.add_argument("--out", help="folder for the report (default: RUN_OR_SWEEP_DIR)")
     r.add_argument("--no-figures", action="store_true", help="tables only")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 SCRIPTS = ["bench_memory_model", "bench_surgery", "bench_adherence", "bench_serene", "bench_neq",
            "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale"]
 
@@ -26,13 +27,13 @@ def test_quick_mode_writes_json(name, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert "machine" in data and "torch" in json.dumps(data["machine"])
-    from fedprune.bench_sections import SECTIONS
+    from sections import SECTIONS
 
     SECTIONS[name.removeprefix("bench_")](data, tmp_path / "figures")  # the quick JSON renders too
 
 
 def test_bench_report_renders_every_known_result(tmp_path):
-    from fedprune.bench_report import RENDERERS, headline_rows, load_results, table, update_readme
+    from results_page import RENDERERS, headline_rows, load_results, table, update_readme
 
     results = load_results(ROOT / "bench" / "results")
     rows = headline_rows(results)
@@ -46,8 +47,8 @@ def test_bench_report_renders_every_known_result(tmp_path):
 
 
 def test_results_page_has_a_section_table_and_figure_per_benchmark(tmp_path):
-    from fedprune.bench_report import write_results_md
-    from fedprune.bench_sections import SECTIONS
+    from results_page import write_results_md
+    from sections import SECTIONS
 
     out = tmp_path / "RESULTS.md"
     write_results_md(ROOT / "bench" / "results", out)
@@ -63,7 +64,7 @@ def test_results_page_has_a_section_table_and_figure_per_benchmark(tmp_path):
 
 
 def test_serene_table_row_is_the_json(tmp_path):
-    from fedprune.bench_sections import serene_section
+    from sections import serene_section
 
     data = {"epochs": 2, "baseline": {"test_accuracy": 0.9, "neurons": "[20]-[50]-[500]-[10]"},
             "serene": {"test_accuracy": 0.89, "neurons": "[5]-[6]-[7]-[10]", "compression_nonzero": 40.0,
