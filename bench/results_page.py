@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sections import _fmt  # noqa: E402
 
 Row = tuple[str, str, str, str]  # figure, measured, target, met
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -40,25 +41,21 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * float(x):.1f}%"
 
 
-def _num(x: Any, fmt: str = "{:.2f}") -> str:
-    return "n/a" if x is None else fmt.format(x)
-
-
 def _overhead(d: dict) -> list[Row]:
     return [("simulator overhead: fedprune (methods off) / plain Flower FedAvg, wall time",
-             f"{_num(d.get('wall_ratio'), '{:.3f}')}x", "<= 1.10x", _met(d.get("target_met")))]
+             f"{_fmt(d.get('wall_ratio'), '{:.3f}')}x", "<= 1.10x", _met(d.get("target_met")))]
 
 
 def _pipeline(d: dict) -> list[Row]:
     r, t = d.get("ratios", {}), d.get("targets_met", {})
     return [
-        ("pipeline serene+neq+dynhp vs FedAvg: wall time", f"{_num(r.get('wall_time'), '{:.2f}')}x", "< 1.0x",
+        ("pipeline serene+neq+dynhp vs FedAvg: wall time", f"{_fmt(r.get('wall_time'), '{:.2f}')}x", "< 1.0x",
          _met(t.get("wall_time_lt_1"))),
-        ("pipeline: final params reduction", f"{_num(r.get('params_reduction'), '{:.1f}')}x", ">= 10x",
+        ("pipeline: final params reduction", f"{_fmt(r.get('params_reduction'), '{:.1f}')}x", ">= 10x",
          _met(t.get("params_reduction_ge_10x"))),
-        ("pipeline: accuracy gap", f"{_num(r.get('accuracy_gap_points'))} points", "<= 1 point",
+        ("pipeline: accuracy gap", f"{_fmt(r.get('accuracy_gap_points'))} points", "<= 1 point",
          _met(t.get("accuracy_gap_le_1_point"))),
-        ("pipeline: upload bytes vs dense FedAvg", f"{_num(r.get('upload_bytes_vs_dense_fedavg'), '{:.2f}')}x",
+        ("pipeline: upload bytes vs dense FedAvg", f"{_fmt(r.get('upload_bytes_vs_dense_fedavg'), '{:.2f}')}x",
          "<= 0.5x", _met(t.get("upload_le_half"))),
     ]
 
@@ -83,7 +80,7 @@ def _surgery(d: dict) -> list[Row]:
     for r in d.get("results", []):
         rows.append((f"compact vs masked-dense latency: {r.get('model')} {int(100 * r.get('neurons_pruned', 0))}% "
                      f"pruned, batch {r.get('batch')}",
-                     f"{_num(r.get('speedup'))}x (FLOPs ratio {_num(r.get('flops_ratio'), '{:.1f}')})",
+                     f"{_fmt(r.get('speedup'))}x (FLOPs ratio {_fmt(r.get('flops_ratio'), '{:.1f}')})",
                      ">= 0.7 x FLOPs ratio", _met(r.get("meets_target", r.get("meets")))))
     return rows
 
@@ -91,11 +88,11 @@ def _surgery(d: dict) -> list[Row]:
 def _serene(d: dict) -> list[Row]:
     s, t = d.get("serene", {}), d.get("targets", {})
     return [("SeReNe lenet5: compression (non-zero params) / neurons",
-             f"{_num(s.get('compression_nonzero'), '{:.1f}')}x / {s.get('neurons')}", ">= 20x (paper: 177x on MNIST)",
+             f"{_fmt(s.get('compression_nonzero'), '{:.1f}')}x / {s.get('neurons')}", ">= 20x (paper: 177x on MNIST)",
              _met(t.get("params_20x_fewer_nonzero"))),
             ("SeReNe lenet5: structural compression (physically removed)",
-             f"{_num(s.get('compression_structural'), '{:.1f}')}x", ">= 20x", _met(t.get("params_20x_fewer_structural"))),
-            ("SeReNe lenet5: accuracy loss", f"{_num(d.get('accuracy_loss_points'))} points", "<= 1 point",
+             f"{_fmt(s.get('compression_structural'), '{:.1f}')}x", ">= 20x", _met(t.get("params_20x_fewer_structural"))),
+            ("SeReNe lenet5: accuracy loss", f"{_fmt(d.get('accuracy_loss_points'))} points", "<= 1 point",
              _met(t.get("accuracy_loss_le_1_point")))]
 
 
@@ -108,28 +105,28 @@ def _neq(d: dict) -> list[Row]:
         loss = r.get("accuracy_loss_points")
         rows.append((f"NEq {m}: backprop FLOPs saved (paper: -23% on ResNet-18/ImageNet)", _pct(saved), ">= 20%",
                      _met(t.get("bprop_flops_20pct_fewer"))))
-        rows.append((f"NEq {m}: accuracy loss", f"{_num(loss)} points", "<= 0.5 point",
+        rows.append((f"NEq {m}: accuracy loss", f"{_fmt(loss)} points", "<= 0.5 point",
                      _met(t.get("accuracy_loss_le_0_5_point"))))
         if r.get("backward_time_per_step_ratio") is not None:
-            rows.append((f"NEq {m}: backward wall time per step, on / off", f"{_num(r['backward_time_per_step_ratio'])}x",
+            rows.append((f"NEq {m}: backward wall time per step, on / off", f"{_fmt(r['backward_time_per_step_ratio'])}x",
                          "-", "n/a"))
     return rows
 
 
 def _dynhp(d: dict) -> list[Row]:
     t = d.get("targets", {})
-    return [("DynHP lenet5: parameter reduction", f"{_num(d.get('compression'), '{:.1f}')}x",
+    return [("DynHP lenet5: parameter reduction", f"{_fmt(d.get('compression'), '{:.1f}')}x",
              ">= 5x (paper: up to 10x)", _met(t.get("params_5x_fewer", t.get("compression_ge_5x")))),
             ("DynHP lenet5: peak training memory saved", _pct(d.get("memory_reduction")),
              ">= 50% (paper: up to 80%)", _met(t.get("memory_50pct_lower", t.get("memory_reduction_ge_50pct")))),
-            ("DynHP lenet5: accuracy loss", f"{_num(d.get('accuracy_loss_points'))} points", "<= 2 points (paper: <= 3.5)",
+            ("DynHP lenet5: accuracy loss", f"{_fmt(d.get('accuracy_loss_points'))} points", "<= 2 points (paper: <= 3.5)",
              _met(t.get("accuracy_loss_le_2_points")))]
 
 
 def _scale(d: dict) -> list[Row]:
     return [("scale: 100 clients (10 per round), peak host memory",
-             f"{_num((d.get('peak_host_memory_bytes') or 0) / 2**30)} GiB", "fits 24 GiB", _met(d.get("fits"))),
-            ("scale: seconds per round", _num(d.get("seconds_per_round"), "{:.1f}"), "-", "n/a")]
+             f"{_fmt((d.get('peak_host_memory_bytes') or 0) / 2**30)} GiB", "fits 24 GiB", _met(d.get("fits"))),
+            ("scale: seconds per round", _fmt(d.get("seconds_per_round"), "{:.1f}"), "-", "n/a")]
 
 
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fedprune.study import markdown
+
 Section = Callable[[dict, Path], str]
 
 
@@ -23,10 +25,8 @@ def _fmt(x: Any, fmt: str = "{:.2f}") -> str:
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (cells converted with ``str``)."""
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """A Markdown table (cells converted with ``str``), ending with a newline: the report's writer."""
+    return markdown.md_table(header, rows) + "\n"
 
 
 def _figure(fig_dir: Path, name: str, draw: Callable[[Any], None], ncols: int = 1) -> str:

@@ -199,7 +199,7 @@ def _add_optional_commands(sub: Any) -> None:
     except ImportError:
         pass
     try:
-        from fedprune.report import add_report_parser
+        from fedprune.study.report import add_report_parser
         add_report_parser(sub)
     except ImportError:
         pass

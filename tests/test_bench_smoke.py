@@ -75,3 +75,24 @@ def test_serene_table_row_is_the_json(tmp_path):
     text = serene_section(data, tmp_path)
     assert "| SeReNe (ours) | Fashion-MNIST | 50.00% | 5.00% | 0.50% | 20.00% | 40.0x | [5]-[6]-[7]-[10] | 11.00% |" in text
     assert "| baseline (ours) | Fashion-MNIST | 100% | 100% | 100% | 100% | 1x | [20]-[50]-[500]-[10] | 10.00% |" in text
+
+
+def test_results_page_script_writes_the_page_and_the_readme_table(tmp_path, capsys):
+    from results_page import main
+
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (results / "scale.json").write_text(json.dumps({"benchmark": "scale", "peak_host_memory_bytes": 3 * 2**30,
+                                                    "fits": True, "seconds_per_round": 4.25}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
+    page = tmp_path / "bench" / "RESULTS.md"
+    assert main(["--results", str(results), "--out", str(page), "--readme", str(readme)]) == 0
+    assert "README headline table updated" in capsys.readouterr().out
+    text = page.read_text()
+    assert "| scale: 100 clients (10 per round), peak host memory | 3.00 GiB | fits 24 GiB | yes |" in text
+    assert "| scale: seconds per round | 4.2 |" in text or "| scale: seconds per round | 4.3 |" in text
+    assert "old" not in readme.read_text() and "3.00 GiB" in readme.read_text()
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
+    assert main(["--results", str(results), "--out", str(page), "--readme", str(readme), "--no-readme"]) == 0
+    assert "old" in readme.read_text()

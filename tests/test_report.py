@@ -14,7 +14,9 @@ import pytest
 
 from fedprune.config import config_from_dict, dumps_toml, to_dict
 from fedprune.fleet import client_profile
-from fedprune.report import SUMMARY_FIELDS, collect_runs, make_report
+from fedprune.study.report import make_report
+from fedprune.study.runs import collect_runs, load_config_lenient
+from fedprune.study.tables import SUMMARY_FIELDS
 from fedprune.results import write_json, write_metrics
 
 FLEET = {"num-clients": 6, "clients-per-round": 4, "devices": "pi-zero-2w:2, pi3b:2, pi4-2gb:2"}
@@ -184,26 +186,7 @@ def test_tree_of_runs_and_cli(tmp_path, capsys):
     assert "no run folders" in capsys.readouterr().err
 
 
-def test_bench_results_folder_gives_results_md_and_readme_table(tmp_path, capsys):
-    from fedprune.cli import main
-
-    results = tmp_path / "bench" / "results"
-    results.mkdir(parents=True)
-    (results / "scale.json").write_text(json.dumps({"benchmark": "scale", "peak_host_memory_bytes": 3 * 2**30,
-                                                    "fits": True, "seconds_per_round": 4.25}))
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
-    assert main(["report", str(results), "--out", str(tmp_path / "bench" / "RESULTS.md")]) == 0
-    assert "README headline table updated" in capsys.readouterr().out
-    page = (tmp_path / "bench" / "RESULTS.md").read_text()
-    assert "| scale: 100 clients (10 per round), peak host memory | 3.00 GiB | fits 24 GiB | yes |" in page
-    assert "| scale: seconds per round | 4.2 |" in page or "| scale: seconds per round | 4.3 |" in page
-    assert "old" not in readme.read_text() and "3.00 GiB" in readme.read_text()
-
-
 def test_runs_from_an_older_schema_are_still_read(tmp_path):
-    from fedprune.report import load_config_lenient
-
     f = tmp_path / "config.toml"
     f.write_text('[run]\nseed = 3\n[simulation]\nclient-cpus = 1.0\n[train]\nold-key = 1\nlr = 0.1\n')
     cfg, notes = load_config_lenient(f)
