@@ -3,7 +3,7 @@
 ``ServerRun`` owns the results folder of one run. It writes the resolved config at the start, one
 metrics row per completed round, and at the end performs the final simplification of the global
 model (every dead neuron removed, constants folded), checks that the compact model scores what the
-masked global model scores, exports ``final_model.pt``/``final_model.onnx`` and writes ``summary.json``.
+masked global model scores, exports the model file ``final_model.json``/``.safetensors`` and ``final_model.onnx`` and writes ``summary.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from fedprune.config import ExperimentConfig, dumps_toml, to_dict
 from fedprune.data import load_dataset
 from fedprune.global_model import GlobalModel
 from fedprune.results import CONFIG_FILE, atomic_write_text, read_metrics, write_json, write_metrics
-from fedprune.surgery import count_flops, count_params, export_final_model, format_neurons, neurons_per_layer
+from fedprune.model_file import ModelArch, export_final_model
+from fedprune.surgery import count_flops, count_params, format_neurons, neurons_per_layer
 from fedprune.training import evaluate
 
 # client metrics averaged over the clients of a round (when present)
@@ -95,7 +96,8 @@ class ServerRun:
         """Final simplification, export, and ``summary.json``; returns the summary."""
         masked = gm.graph.zero_pruned(gm.dense_model(), gm.mask).eval()
         masked_loss, masked_acc = self.evaluate(gm)  # the compact global computes the masked model
-        final, final_mask, final_graph = export_final_model(masked, gm.example, self.out_dir)
+        arch = ModelArch(self.cfg.model.name, gm.info.channels, gm.info.num_classes, gm.info.image_size)
+        final, final_mask, final_graph = export_final_model(masked, arch, self.out_dir, graph=gm.graph)
         loss, acc = evaluate(final, self.test.x, self.test.y)
         with torch.no_grad():
             x = self.test.x[:256]
