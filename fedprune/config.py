@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import tomllib
 import types
 import typing
@@ -220,12 +221,13 @@ class SimulationSection:
     client_cpus: int = 1  # whole CPUs per client (Flower's client-resources-num-cpus is an integer)
     client_gpus: float = 0.0
     ray_address: str = ""  # empty: start a local Ray (or use RAY_ADDRESS when set)
-    round_timeout: float = 600.0
+    round_timeout: float = 0.0  # seconds to wait for a round's replies; 0 = auto (fedprune.round_timeout)
 
     def validate(self, p: str) -> None:
         _check(self.client_cpus >= 1, f"{p}client-cpus", self.client_cpus, "must be a whole number >= 1")
         _check(self.client_gpus >= 0, f"{p}client-gpus", self.client_gpus, "must be >= 0")
-        _check(self.round_timeout > 0, f"{p}round-timeout", self.round_timeout, "must be > 0")
+        _check(math.isfinite(self.round_timeout) and self.round_timeout >= 0, f"{p}round-timeout",
+               self.round_timeout, "must be a finite number >= 0 (0 = auto)")
 
 
 FAULT_KINDS = ("raise", "oom", "nan", "bad-mask", "mismatch", "timeout")
