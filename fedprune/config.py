@@ -285,6 +285,8 @@ def parse_float_list(text: str, key: str) -> list[float]:
             out.append(float(item))
         except ValueError:
             raise ConfigError(f"{key} = {text!r}: {item!r} is not a number") from None
+        if not math.isfinite(out[-1]):
+            raise ConfigError(f"{key} = {text!r}: {item!r} is not a finite number")
     return out
 
 
@@ -302,6 +304,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r}: expected a finite number")
     if tp in (bool, int, float, str):
         ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
         if not ok:
@@ -363,7 +367,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8), so not a TOML config") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     return config_from_dict(data)
