@@ -113,6 +113,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     s = json.loads(summary_path.read_text())
+    if s.get("rounds_aggregated") == 0:
+        print(f"error: no client trained in any of the {s.get('rounds')} rounds (the model is the initial "
+              f"one); see failures in {run_dir / 'metrics.jsonl'}", file=sys.stderr)
+        return 1
     print(f"fedprune: done in {time.perf_counter() - t0:.1f} s: final accuracy {s['final_accuracy']:.4f}, "
           f"{s['final_params']:,} params ({s['compression']:.1f}x smaller), neurons {s['neurons_per_layer']}")
     print(f"fedprune: results in {run_dir}")

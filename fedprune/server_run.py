@@ -50,6 +50,11 @@ def summarize_clients(clients: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def rounds_aggregated(rows: Sequence[Mapping[str, Any]]) -> int:
+    """How many rounds changed the global model (at least one client's update was aggregated)."""
+    return int(sum(1 for r in rows if float(r.get("aggregated") or 0) > 0))
+
+
 class ServerRun:
     """Results folder + evaluation + final simplification for one federated run."""
 
@@ -130,6 +135,7 @@ class ServerRun:
             "dense_download_bytes_total": int(sum(r.get("dense_download_bytes", 0) for r in rows)),
             "budget_violations": int(sum(r.get("clients_total_violations", 0) for r in rows)),
             "client_failures": int(sum(len(r.get("failures", {})) for r in rows)),
+            "rounds_aggregated": rounds_aggregated(rows),
             "wall_seconds": time.perf_counter() - self.t0 + float(extra.get("previous_wall_seconds", 0.0) if extra else 0.0),
             "torch": torch.__version__,
             "machine": platform.machine(),
