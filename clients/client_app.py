@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import socket
 import sys
+import traceback
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.records import (ARRAYS, INFO, MASK, METRICS, NUM_EXAMPLES, from_array_record,
-                             records_to_state, split_metrics, state_to_records, to_array_record)
 from fedprune.client_runtime import get_runtime
 from fedprune.config import config_from_flat
+from fedprune.failures import one_line_reason
 from fedprune.node import parse_node_config, process_memory
+from flower_io.records import (ARRAYS, FAILURE, INFO, MASK, METRICS, NUM_EXAMPLES, from_array_record,
+                               records_to_state, split_metrics, state_to_records, to_array_record)
 
 STATE_ARRAYS, STATE_SCALARS = "method-state-arrays", "method-state-scalars"
 
@@ -40,7 +42,21 @@ def where_it_ran() -> dict[str, Any]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received compact model locally; reply compact tensors, mask and metrics."""
+    """Train the received compact model locally; reply compact tensors, mask and metrics.
+
+    A client that fails replies a ``failure`` record (its partition id, one line of reason and the
+    traceback) so the server can name it and log the traceback; the global model never sees it.
+    """
+    try:
+        return _train(msg, context)
+    except Exception as exc:  # reported to the server, which logs the traceback
+        client = str(context.node_config.get("partition-id", context.node_id))
+        failure = ConfigRecord({"client": client, "reason": one_line_reason(f"{type(exc).__name__}: {exc}"),
+                                "traceback": traceback.format_exc()})
+        return Message(content=RecordDict({FAILURE: failure}), reply_to=msg)
+
+
+def _train(msg: Message, context: Context) -> Message:
     cfg = config_from_flat(context.run_config)
     node = parse_node_config(context.node_config)
     if node.data_dir:

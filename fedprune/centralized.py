@@ -5,7 +5,7 @@ Reads the same experiment config as a federated run and trains one model on the 
 caps the training samples when > 0), for ``epochs`` epochs (default: rounds x local epochs, the
 number of passes one federated client makes). The memory budget is the config's budget at round 1
 (``auto`` measures this machine). The results folder gets ``config.toml``, ``metrics.jsonl`` (one
-row per epoch), the simplified ``final_model.pt``/``.onnx`` and ``summary.json``, as a federated run's.
+row per epoch), the simplified model (``final_model.json``/``.safetensors``/``.onnx``) and ``summary.json``, as a federated run's.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from fedprune.client_runtime import train_config
 from fedprune.config import ExperimentConfig, dumps_toml, to_dict
 from fedprune.data import dataset_info, load_dataset
 from fedprune.memory import make_budget_schedule
-from fedprune.models import example_input
 from fedprune.results import CONFIG_FILE, atomic_write_text, write_json, write_metrics
-from fedprune.surgery import count_params, export_final_model
+from fedprune.model_file import ModelArch, export_final_model
+from fedprune.surgery import count_params
 from fedprune.training import evaluate, run_centralized as _run
 
 
@@ -45,8 +45,8 @@ def run_centralized(cfg: ExperimentConfig, out_dir: str | Path, epochs: int | No
                        val_fraction=cfg.data.val_fraction, max_train_samples=cfg.data.max_samples_per_client)
     write_metrics(out, [{"round": h["epoch"], **h} for h in result["history"]])  # one row per epoch
     info = dataset_info(cfg.data.dataset)
-    example = example_input(info.channels, info.image_size)
-    final, _, _ = export_final_model(res.model.eval(), example, out)
+    arch = ModelArch(cfg.model.name, info.channels, info.num_classes, info.image_size)
+    final, _, _ = export_final_model(res.model.eval(), arch, out, base_mask=res.mask)
     _, test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
     loss, acc = evaluate(final, test.x, test.y)
     final_params = count_params(final)

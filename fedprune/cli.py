@@ -14,17 +14,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedprune.config import ConfigError, ExperimentConfig, dumps_toml, load_config, to_dict
-from fedprune.data import DatasetNotFound, locate_dataset
+from fedprune.data import DatasetNotFound
+from fedprune.preflight import preflight
 from fedprune.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text, read_metrics
 
 EXIT_BAD_INPUT = 2
-
-
-def check_budgets(cfg: ExperimentConfig) -> None:
-    """Every client can train its smallest reachable model at batch 1 (``ConfigError`` if not)."""
-    from fedprune.feasibility import check_budgets as _check
-
-    _check(cfg)
 
 
 class UsageError(Exception):
@@ -33,15 +27,9 @@ class UsageError(Exception):
 
 def check_data_available(cfg: ExperimentConfig) -> None:
     """Fail before Ray starts when the dataset cannot be found and may not be downloaded."""
-    if cfg.data.download:
-        return
-    if locate_dataset(cfg.data.dataset, cfg.data.data_dir or None) is None:
-        try:  # torchvision's own folder layout (e.g. CIFAR-10) in data-dir
-            from fedprune.data import load_dataset
+    from fedprune.preflight import check_data_available as _check
 
-            load_dataset(cfg.data.dataset, cfg.data.data_dir or None, False)
-        except DatasetNotFound as err:
-            raise UsageError(str(err)) from None
+    _check(cfg)
 
 
 def prepare_run_dir(cfg: ExperimentConfig, out: str | None, resume: str | None) -> tuple[ExperimentConfig, Path]:
@@ -103,10 +91,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError("give either CONFIG or --resume RUN_DIR, not both")
     if not args.resume and not args.config:
         raise UsageError("simulate needs a CONFIG file (or --resume RUN_DIR)")
-    cfg = load_config(args.config) if args.config else None
-    if cfg is not None:
-        check_data_available(cfg)
-        check_budgets(cfg)
+    cfg = preflight(load_config(args.config)) if args.config else None
     cfg, run_dir = prepare_run_dir(cfg or ExperimentConfig(), args.out, args.resume)
     check_data_available(cfg)
     spec = SimulationSpec(config_file=run_dir / CONFIG_FILE, out_dir=run_dir,
@@ -128,6 +113,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     s = json.loads(summary_path.read_text())
+    if s.get("rounds_aggregated") == 0:
+        print(f"error: no client trained in any of the {s.get('rounds')} rounds (the model is the initial "
+              f"one); see failures in {run_dir / 'metrics.jsonl'}", file=sys.stderr)
+        return 1
     print(f"fedprune: done in {time.perf_counter() - t0:.1f} s: final accuracy {s['final_accuracy']:.4f}, "
           f"{s['final_params']:,} params ({s['compression']:.1f}x smaller), neurons {s['neurons_per_layer']}")
     print(f"fedprune: results in {run_dir}")
@@ -137,9 +126,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from fedprune.centralized import run_centralized
 
-    cfg = load_config(args.config)
-    check_data_available(cfg)
-    check_budgets(cfg)
+    cfg = preflight(load_config(args.config), epochs=args.epochs)
     out = Path(args.out or Path("results") / f"{cfg.run.name}-centralized").resolve()
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")
@@ -157,7 +144,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{args.sync_pyproject}: {'updated' if changed else 'already in sync'}")
         return 0
     if args.check:
-        load_config(args.check)
+        preflight(load_config(args.check))  # exactly what simulate and train check before starting
         print(f"{args.check}: ok")
         return 0
     print(dumps_toml(to_dict(ExperimentConfig())), end="")

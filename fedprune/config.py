@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import tomllib
 import types
 import typing
@@ -220,12 +221,13 @@ class SimulationSection:
     client_cpus: int = 1  # whole CPUs per client (Flower's client-resources-num-cpus is an integer)
     client_gpus: float = 0.0
     ray_address: str = ""  # empty: start a local Ray (or use RAY_ADDRESS when set)
-    round_timeout: float = 600.0
+    round_timeout: float = 0.0  # seconds to wait for a round's replies; 0 = auto (fedprune.round_timeout)
 
     def validate(self, p: str) -> None:
         _check(self.client_cpus >= 1, f"{p}client-cpus", self.client_cpus, "must be a whole number >= 1")
         _check(self.client_gpus >= 0, f"{p}client-gpus", self.client_gpus, "must be >= 0")
-        _check(self.round_timeout > 0, f"{p}round-timeout", self.round_timeout, "must be > 0")
+        _check(math.isfinite(self.round_timeout) and self.round_timeout >= 0, f"{p}round-timeout",
+               self.round_timeout, "must be a finite number >= 0 (0 = auto)")
 
 
 FAULT_KINDS = ("raise", "oom", "nan", "bad-mask", "mismatch", "timeout")
@@ -283,6 +285,8 @@ def parse_float_list(text: str, key: str) -> list[float]:
             out.append(float(item))
         except ValueError:
             raise ConfigError(f"{key} = {text!r}: {item!r} is not a number") from None
+        if not math.isfinite(out[-1]):
+            raise ConfigError(f"{key} = {text!r}: {item!r} is not a finite number")
     return out
 
 
@@ -300,6 +304,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r}: expected a finite number")
     if tp in (bool, int, float, str):
         ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
         if not ok:
@@ -361,7 +367,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8), so not a TOML config") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     return config_from_dict(data)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedprune.config import ExperimentConfig
+from fedprune.round_timeout import RoundTimeout
 
 
 class InjectedFault(RuntimeError):
@@ -45,7 +46,7 @@ def fail_before_training(kind: str | None, cfg: ExperimentConfig) -> None:
     if kind == "oom":
         raise MemoryError("injected fault: out of memory even at the minimum batch")
     if kind == "timeout":
-        time.sleep(cfg.simulation.round_timeout + 5.0)
+        time.sleep(RoundTimeout(cfg.simulation.round_timeout).longest() + 5.0)
 
 
 def corrupt_reply(kind: str | None, arrays: dict[str, np.ndarray],

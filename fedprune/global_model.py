@@ -136,10 +136,12 @@ class GlobalModel:
         dense = state_to_numpy(self.graph.expand(numpy_to_state(update.arrays), mask))
         return MaskedUpdate(dense, self.graph.coordinate_masks(mask), float(update.num_examples))
 
-    def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
-        """Fold valid replies into the global model; returns what happened (accepted, rejected).
+    def aggregate(self, updates: Sequence[ClientUpdate], min_accepted: int = 1) -> dict[str, Any]:
+        """Fold valid replies into the global model; returns ``{"accepted", "rejected", "applied"}``.
 
-        Invalid replies are skipped (never poison the global model) and reported with their reason.
+        Every reply is validated first; invalid ones are skipped (never poison the global model) and
+        reported with their reason. The global model changes only when at least ``min_accepted``
+        replies are valid (``applied``): the quorum counts valid replies only.
         """
         accepted: list[tuple[ClientUpdate, MaskedUpdate]] = []
         rejected: dict[str, str] = {}
@@ -149,7 +151,8 @@ class GlobalModel:
                 accepted.append((u, self.expand_update(u)))
             except InvalidUpdate as err:
                 rejected[u.client] = str(err)
-        if accepted:
+        applied = len(accepted) >= max(1, min_accepted)
+        if applied:
             self.dense = masked_mean(self.dense, [m for _, m in accepted])
             new_mask = update_global_mask(
                 self.mask.to_arrays(), [u.mask for u, _ in accepted],
@@ -157,7 +160,7 @@ class GlobalModel:
                 self.cfg.strategy.mask_policy, self.cfg.strategy.quorum)
             self.mask = NeuronMask.from_arrays(self.graph, new_mask)
             self._canonicalize()
-        return {"accepted": [u.client for u, _ in accepted], "rejected": rejected}
+        return {"accepted": [u.client for u, _ in accepted], "rejected": rejected, "applied": applied}
 
     def _canonicalize(self) -> None:
         """Fold the constants of globally pruned neurons forward and zero their coordinates."""

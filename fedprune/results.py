@@ -4,7 +4,8 @@ Layout (every file is written atomically: a temporary file, then a rename):
 - ``config.toml``   the resolved config (every key, defaults included)
 - ``metrics.jsonl`` one JSON object per completed round (appended, one line per round)
 - ``summary.json``  the run's headline figures, written at the end
-- ``final_model.pt`` / ``final_model.onnx``  the simplified compact model
+- ``final_model.json`` + ``.safetensors`` / ``final_model.onnx``  the simplified compact model
+  (architecture + checksummed tensors, see :mod:`fedprune.model_file`; ONNX)
 """
 
 from __future__ import annotations

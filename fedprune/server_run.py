@@ -3,7 +3,7 @@
 ``ServerRun`` owns the results folder of one run. It writes the resolved config at the start, one
 metrics row per completed round, and at the end performs the final simplification of the global
 model (every dead neuron removed, constants folded), checks that the compact model scores what the
-masked global model scores, exports ``final_model.pt``/``final_model.onnx`` and writes ``summary.json``.
+masked global model scores, exports the model file ``final_model.json``/``.safetensors`` and ``final_model.onnx`` and writes ``summary.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from fedprune.config import ExperimentConfig, dumps_toml, to_dict
 from fedprune.data import load_dataset
 from fedprune.global_model import GlobalModel
 from fedprune.results import CONFIG_FILE, atomic_write_text, read_metrics, write_json, write_metrics
-from fedprune.surgery import count_flops, count_params, export_final_model, format_neurons, neurons_per_layer
+from fedprune.model_file import ModelArch, export_final_model
+from fedprune.surgery import count_flops, count_params, format_neurons, neurons_per_layer
 from fedprune.training import evaluate
 
 # client metrics averaged over the clients of a round (when present)
@@ -47,6 +48,11 @@ def summarize_clients(clients: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if vals:
             out[f"clients_total_{key}"] = float(np.sum(vals))
     return out
+
+
+def rounds_aggregated(rows: Sequence[Mapping[str, Any]]) -> int:
+    """How many rounds changed the global model (at least one client's update was aggregated)."""
+    return int(sum(1 for r in rows if float(r.get("aggregated") or 0) > 0))
 
 
 class ServerRun:
@@ -95,7 +101,8 @@ class ServerRun:
         """Final simplification, export, and ``summary.json``; returns the summary."""
         masked = gm.graph.zero_pruned(gm.dense_model(), gm.mask).eval()
         masked_loss, masked_acc = self.evaluate(gm)  # the compact global computes the masked model
-        final, final_mask, final_graph = export_final_model(masked, gm.example, self.out_dir)
+        arch = ModelArch(self.cfg.model.name, gm.info.channels, gm.info.num_classes, gm.info.image_size)
+        final, final_mask, final_graph = export_final_model(masked, arch, self.out_dir, graph=gm.graph)
         loss, acc = evaluate(final, self.test.x, self.test.y)
         with torch.no_grad():
             x = self.test.x[:256]
@@ -128,6 +135,7 @@ class ServerRun:
             "dense_download_bytes_total": int(sum(r.get("dense_download_bytes", 0) for r in rows)),
             "budget_violations": int(sum(r.get("clients_total_violations", 0) for r in rows)),
             "client_failures": int(sum(len(r.get("failures", {})) for r in rows)),
+            "rounds_aggregated": rounds_aggregated(rows),
             "wall_seconds": time.perf_counter() - self.t0 + float(extra.get("previous_wall_seconds", 0.0) if extra else 0.0),
             "torch": torch.__version__,
             "machine": platform.machine(),

@@ -30,8 +30,10 @@ Each run is launched exactly like ``fedprune simulate`` (``fedprune.cli.prepare_
 unfinished run without one restarts clean. Before (re)starting a run, processes still alive from a
 killed sweep for that run (found by their ``FLWR_HOME``) are stopped. A run folder whose
 ``config.toml`` differs from what the sweep file now plans is an error (the sweep file changed), so
-a finished run is never silently reused for different settings. A file lock stops two sweeps from
-working in one folder at once.
+a finished run is never silently reused for different settings. A non-empty ``--out`` that is not
+a folder of the same sweep (by name) is refused before anything is written. A file lock stops two
+sweeps from working in one folder at once. A sweep in which some run trained no client in any round
+(its model is the initial one) ends with exit code 1 and one line naming those runs.
 """
 
 from __future__ import annotations
@@ -270,6 +272,44 @@ def check_run_folder(plan: RunPlan, run_dir: Path) -> None:
     if diff:
         raise SweepError(f"{run_dir}: holds a run with other settings than the sweep now plans: {diff}; "
                          f"the sweep file (or a default) changed - use another --out, or delete that run folder")
+
+
+def check_sweep_folder(spec: SweepSpec, sweep_dir: Path) -> None:
+    """``SweepError`` unless ``sweep_dir`` is absent, empty, or a folder of this same sweep.
+
+    A sweep folder holds only the sweep's own files (or at least its manifest or sweep file); its
+    manifest must name this sweep. Its runs are then checked one by one (:func:`check_run_folder`),
+    so a grid may grow in place but a finished run is never reused for other settings.
+    """
+    if not sweep_dir.is_dir():
+        if sweep_dir.exists():
+            raise SweepError(f"{sweep_dir}: is a file, not a folder; pass another --out")
+        return
+    names = {p.name for p in sweep_dir.iterdir()} - {LOCK_FILE}
+    own = {SWEEP_FILE, BASE_FILE, MANIFEST_FILE, RUNS_DIR}
+    if names and not (names <= own or MANIFEST_FILE in names or SWEEP_FILE in names):
+        raise SweepError(f"{sweep_dir}: not empty and not a sweep folder; pass another --out")
+    manifest_path = sweep_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return
+    try:
+        name = json.loads(manifest_path.read_text()).get("name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise SweepError(f"{manifest_path}: unreadable sweep manifest; pass another --out") from None
+    if name != spec.name:
+        raise SweepError(f"{sweep_dir}: holds another sweep ({name!r}, not {spec.name!r}); pass another --out")
+
+
+def trained_nothing(run_dir: Path) -> bool:
+    """True when a finished run's global model was never updated (no client trained in any round)."""
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if isinstance(summary.get("rounds_aggregated"), int):
+        return summary["rounds_aggregated"] == 0
+    rows = read_metrics(run_dir)
+    return bool(rows) and all("aggregated" in r for r in rows) and not any(r["aggregated"] for r in rows)
 
 
 def reap_orphans(run_dirs: list[Path]) -> list[int]:
@@ -558,7 +598,8 @@ class Sweep:
         """Run every unfinished grid point; resumable; returns what happened."""
         import fcntl
 
-        for plan in self.plans:  # refuse before touching anything
+        check_sweep_folder(self.spec, self.dir)  # refuse before touching anything
+        for plan in self.plans:
             check_run_folder(plan, self.run_dir(plan.id))
         self.dir.mkdir(parents=True, exist_ok=True)
         lock = open(self.dir / LOCK_FILE, "a+")
@@ -637,7 +678,7 @@ def default_sweep_dir(spec: SweepSpec, out: str | None) -> Path:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedprune.cli import check_data_available
+    from fedprune.preflight import check_data_available
 
     target = Path(args.sweep)
     if target.is_dir():  # resume a sweep folder from its own copy of the sweep file
@@ -666,7 +707,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if res.interrupted:
         print(f"resume with: fedprune sweep {res.sweep_dir}", file=sys.stderr)
         return 130
-    return 1 if res.failed else 0
+    untrained = [p.id for p in sweep.plans if trained_nothing(sweep.run_dir(p.id))]
+    if untrained:
+        print(f"error: no client trained in any round of {len(untrained)} run(s) (their models are the "
+              f"initial ones; see failures in metrics.jsonl): {', '.join(untrained)}", file=sys.stderr)
+    return 1 if res.failed or untrained else 0
 
 
 def add_sweep_parser(sub: Any) -> None:

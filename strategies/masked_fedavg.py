@@ -1,13 +1,15 @@
 """MaskedFedAvg: Flower's FedAvg for clients that train different sub-networks of one model.
 
-Overrides only the steps that differ from ``flwr.serverapp.strategy.FedAvg``:
-- ``configure_train`` sends the *compact* global model plus the global neuron mask, and samples nodes
-  reproducibly (seeded by run seed and round) instead of with the global ``random`` module;
-- ``aggregate_train`` turns replies into ``ClientUpdate``s and lets ``fedprune.GlobalModel`` average
-  each coordinate over the clients that kept it; failures (errors, "does not fit", invalid tensors)
-  are counted and skipped, and the round is dropped when fewer than ``min_train_nodes`` succeeded;
-- ``start`` runs the rounds with server-side test evaluation, a per-round hook for the results
-  folder, and an optional first round (to resume a checkpointed run).
+Keeps ``flwr.serverapp.strategy.Strategy``'s contract and overrides only the steps that differ:
+- ``configure_train`` sends the given compact global arrays plus the global neuron mask, and samples
+  nodes reproducibly (seeded by run seed and round) instead of with the global ``random`` module;
+- ``aggregate_train`` turns replies into ``ClientUpdate``s, lets ``fedprune.GlobalModel`` validate
+  every one of them and then average each coordinate over the clients that kept it; the quorum
+  (``min_train_nodes``) counts *valid* replies only, and failures (errors, "does not fit", invalid
+  tensors, no reply) are recorded as one line per client, keyed by partition id;
+- ``start`` runs the rounds from ``initial_arrays`` with server-side evaluation and returns a Flower
+  ``Result``. Extras: a per-round hook for the results folder, a first round (to resume), and an
+  automatic round timeout (``timeout = 0``: see ``fedprune.round_timeout``).
 The averaging math itself lives in ``fedprune.aggregation`` (no Flower there).
 """
 
@@ -15,21 +17,38 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 
-from clients.records import (ARRAYS, CONFIG, INFO as INFO_KEY, MASK, METRICS, NUM_EXAMPLES,
-                             from_array_record, join_metrics, to_array_record)
+from fedprune.failures import one_line_reason, strip_ansi
 from fedprune.global_model import ClientUpdate, GlobalModel, array_bytes
+from fedprune.round_timeout import RoundTimeout
 from fedprune.server_run import summarize_clients
+from flower_io.records import (ARRAYS, CONFIG, FAILURE, INFO as INFO_KEY, MASK, METRICS, NUM_EXAMPLES,
+                               from_array_record, join_metrics, to_array_record)
 
 RoundHook = Callable[[int, dict[str, Any]], None]
+EvaluateFn = Callable[[int, ArrayRecord], "MetricRecord | None"]
+
+
+@dataclass
+class RoundOutcome:
+    """What one round's replies did: the new global arrays and the round's row for the results."""
+
+    arrays: ArrayRecord
+    row: dict[str, Any] = field(default_factory=dict)
+
+    def metric_record(self) -> MetricRecord:
+        """The numeric part of the row (what Flower's ``Result`` keeps per round)."""
+        return MetricRecord({k: v for k, v in self.row.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 class MaskedFedAvg(FedAvg):
@@ -42,8 +61,7 @@ class MaskedFedAvg(FedAvg):
         self.gm = global_model
         self.seed = seed
         self.clients_per_round = clients_per_round
-        self.last_round: dict[str, Any] = {}
-        self._sampled: list[int] = []
+        self.node_labels: dict[int, str] = {}  # node id -> partition id, learnt from replies
 
     # ------------------------------------------------------------------ train
 
@@ -59,18 +77,12 @@ class MaskedFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Send the compact global model, the global mask and the round number to sampled nodes."""
+        """Send ``arrays`` (the compact global model), the global mask and the round to sampled nodes."""
         node_ids = self.sample(grid, server_round)
-        compact, mask = self.gm.payload()
         config["server-round"] = server_round
-        record = RecordDict({ARRAYS: to_array_record(compact), MASK: to_array_record(mask),
+        record = RecordDict({ARRAYS: arrays, MASK: to_array_record(self.gm.mask.to_arrays()),
                              CONFIG: config})
-        per_client = array_bytes(compact) + array_bytes(mask)
-        self._sampled = list(node_ids)
-        self.last_round = {"sampled": len(node_ids), "download_bytes": per_client * len(node_ids),
-                           "dense_download_bytes": self.gm.dense_param_bytes * len(node_ids)}
-        log(INFO, "configure_train: round %d, %d nodes, %d bytes each", server_round, len(node_ids),
-            per_client)
+        log(INFO, "configure_train: round %d, %d nodes", server_round, len(node_ids))
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
     def parse_reply(self, msg: Message) -> ClientUpdate:
@@ -85,27 +97,46 @@ class MaskedFedAvg(FedAvg):
             metrics=metrics,
         )
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Masked aggregation of the valid replies; failures are recorded, never aggregated."""
-        failures: dict[str, str] = {}
+    def label(self, node_id: int) -> str:
+        """The partition id (or device name) of ``node_id`` once it has replied; else ``node <id>``."""
+        return self.node_labels.get(int(node_id), f"node {node_id}")
+
+    def _failure(self, failures: dict[str, str], node_id: int, text: str,
+                 client: str | None = None, detail: str = "") -> None:
+        key = client or self.label(node_id)
+        failures[key] = one_line_reason(text)
+        log(WARNING, "client %s failed: %s", key, strip_ansi(detail or text))  # full text: the log
+
+    def collect(self, replies: Iterable[Message], sampled: Sequence[int], timeout: float,
+                failures: dict[str, str]) -> tuple[list[ClientUpdate], list[dict[str, Any]], int]:
+        """Parse replies into updates; record no-reply, error and failure replies in ``failures``."""
         updates: list[ClientUpdate] = []
         clients: list[dict[str, Any]] = []
         upload = 0
         replies = list(replies)
+        for msg in replies:  # learn which partition each node serves
+            record = None if msg.has_error() else (msg.content.get(METRICS) or msg.content.get(FAILURE))
+            client = record.get("partition_id", record.get("client")) if record is not None else None
+            if client is not None and str(client) != "":
+                self.node_labels[int(msg.metadata.src_node_id)] = str(client)
         answered = {msg.metadata.src_node_id for msg in replies}
-        for node_id in self._sampled:
+        for node_id in sampled:
             if node_id not in answered:
-                failures[f"node-{node_id}"] = "no reply within the round timeout"
+                self._failure(failures, node_id, f"no reply within the round timeout ({timeout:.0f} s)")
         for msg in replies:
-            node = str(msg.metadata.src_node_id)
+            node = msg.metadata.src_node_id
             if msg.has_error():
-                failures[f"node-{node}"] = f"error: {msg.error.reason}"
+                self._failure(failures, node, f"error: {msg.error.reason}")
+                continue
+            if FAILURE in msg.content:
+                rec = dict(msg.content[FAILURE].items())
+                self._failure(failures, node, str(rec.get("reason", "")), str(rec.get("client") or "") or None,
+                              detail=str(rec.get("traceback", "")))
                 continue
             try:
                 update = self.parse_reply(msg)
             except (KeyError, TypeError, ValueError) as err:
-                failures[f"node-{node}"] = f"malformed reply: {err}"
+                self._failure(failures, node, f"malformed reply: {err}")
                 continue
             upload += array_bytes(update.arrays) + array_bytes(update.mask)
             clients.append({"client": update.client, **update.metrics})
@@ -113,44 +144,81 @@ class MaskedFedAvg(FedAvg):
                 failures[update.client] = "does not fit its memory budget"
                 continue
             updates.append(update)
-        outcome: dict[str, Any] = {"accepted": [], "rejected": {}}
-        if len(updates) >= self.min_train_nodes:
-            outcome = self.gm.aggregate(updates)
-        else:
+        return updates, clients, upload
+
+    def aggregate_round(self, server_round: int, replies: Iterable[Message],
+                        sampled: Sequence[int] = (), timeout: float = 0.0) -> RoundOutcome:
+        """Validate every reply, then aggregate if the valid ones reach ``min_train_nodes``."""
+        failures: dict[str, str] = {}
+        updates, clients, upload = self.collect(replies, sampled, timeout, failures)
+        outcome = self.gm.aggregate(updates, min_accepted=self.min_train_nodes)
+        failures.update({k: one_line_reason(v) for k, v in outcome["rejected"].items()})
+        if not outcome["applied"]:
+            valid = len(outcome["accepted"])
             log(WARNING, "round %d: %d valid replies < min %d; global model unchanged",
-                server_round, len(updates), self.min_train_nodes)
-            failures["round"] = f"only {len(updates)} valid replies (min {self.min_train_nodes})"
-        failures.update(outcome["rejected"])
-        self.last_round.update({
-            "clients": clients, "failures": failures, "aggregated": len(outcome["accepted"]),
-            "upload_bytes": upload,
-            "dense_upload_bytes": self.gm.dense_param_bytes * len(clients),
-            **summarize_clients(clients),
-        })
+                server_round, valid, self.min_train_nodes)
+            failures["round"] = f"only {valid} valid replies (min {self.min_train_nodes})"
+        aggregated = len(outcome["accepted"]) if outcome["applied"] else 0
         compact, _ = self.gm.payload()
-        return to_array_record(compact), MetricRecord({"aggregated": len(outcome["accepted"])})
+        row = {"clients": clients, "failures": failures, "aggregated": aggregated, "upload_bytes": upload,
+               "dense_upload_bytes": self.gm.dense_param_bytes * len(clients), **summarize_clients(clients)}
+        return RoundOutcome(to_array_record(compact), row)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's step: :meth:`aggregate_round` without the sampled nodes (no-replies not seen)."""
+        outcome = self.aggregate_round(server_round, replies)
+        return outcome.arrays, outcome.metric_record()
 
     # ------------------------------------------------------------------ loop
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None,
-              *, first_round: int = 1, on_round: RoundHook | None = None) -> None:
-        """Run rounds ``first_round..num_rounds``; after each, evaluate and call ``on_round``.
+    def _run_round(self, grid: Grid, rnd: int, arrays: ArrayRecord, train_config: ConfigRecord | None,
+                   deadline: RoundTimeout) -> RoundOutcome:
+        messages = list(self.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid))
+        sampled = [m.metadata.dst_node_id for m in messages]
+        t0, timeout = time.perf_counter(), deadline.seconds()
+        replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
+        if len(replies) == len(sampled):
+            deadline.observe(time.perf_counter() - t0)
+        per_client = array_bytes(from_array_record(arrays)) + array_bytes(self.gm.mask.to_arrays())
+        outcome = self.aggregate_round(rnd, replies, sampled, timeout)
+        outcome.row = {"round": rnd, "sampled": len(sampled), "download_bytes": per_client * len(sampled),
+                       "dense_download_bytes": self.gm.dense_param_bytes * len(sampled), **outcome.row}
+        return outcome
 
-        ``evaluate_fn(round) -> dict`` (server-side test metrics) is merged into the round's row.
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None, evaluate_fn: EvaluateFn | None = None,
+              *, first_round: int = 1, on_round: RoundHook | None = None) -> Result:
+        """Run rounds ``first_round..num_rounds`` from ``initial_arrays``; return Flower's ``Result``.
+
+        ``initial_arrays`` is the compact global model for the global model's current mask
+        (``ValueError`` otherwise). ``timeout`` 0 means auto. After each round ``evaluate_fn(round,
+        arrays)`` (server-side metrics) is merged into the round's row, which goes to ``on_round``.
         """
+        self._check_arrays(initial_arrays)
         self.summary()
+        result, arrays, deadline = Result(arrays=initial_arrays), initial_arrays, RoundTimeout(timeout)
         for rnd in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
             log(INFO, "[ROUND %d/%d]", rnd, num_rounds)
-            replies = grid.send_and_receive(
-                messages=self.configure_train(rnd, ArrayRecord(), ConfigRecord(dict(train_config or {})), grid),
-                timeout=timeout)
-            self.aggregate_train(rnd, replies)
-            row: dict[str, Any] = {"round": rnd, **self.last_round}
+            outcome = self._run_round(grid, rnd, arrays, train_config, deadline)
+            arrays = result.arrays = outcome.arrays
+            result.train_metrics_clientapp[rnd] = outcome.metric_record()
+            row = outcome.row
             if evaluate_fn is not None:
-                row.update(evaluate_fn(rnd))
+                evaluated = evaluate_fn(rnd, arrays)
+                if evaluated is not None:
+                    result.evaluate_metrics_serverapp[rnd] = evaluated
+                    row.update(dict(evaluated.items()))
             row["round_seconds"] = time.perf_counter() - t0
             if on_round is not None:
                 on_round(rnd, row)
+        return result
+
+    def _check_arrays(self, arrays: ArrayRecord) -> None:
+        want = self.gm.graph.compact_shapes(self.gm.mask)
+        got = {k: tuple(v.shape) for k, v in from_array_record(arrays).items()}
+        if got != {k: tuple(s) for k, s in want.items()}:
+            raise ValueError("initial_arrays do not match the global model's mask "
+                             f"(keys or shapes differ, e.g. {sorted(set(got) ^ set(want))[:3]})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from logging import INFO
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -17,6 +17,7 @@ from fedprune.checkpoint import load_checkpoint, save_checkpoint
 from fedprune.config import config_from_flat
 from fedprune.global_model import GlobalModel
 from fedprune.server_run import ServerRun
+from flower_io.records import to_array_record
 from strategies.masked_fedavg import MaskedFedAvg
 
 app = ServerApp()
@@ -41,12 +42,12 @@ def main(grid: Grid, context: Context) -> None:
     run.start(resume_rows=rows)
     run.t0 -= previous_wall
 
-    def evaluate_fn(rnd: int) -> dict[str, Any]:
-        loss, acc = run.evaluate(gm)
+    def evaluate_fn(rnd: int, arrays: Any) -> MetricRecord:
+        loss, acc = run.evaluate(gm)  # ``arrays`` is gm's compact model, which gm scores
         alive = gm.params_alive()
-        return {"accuracy": acc, "loss": loss, "params_alive": alive,
-                "compression": gm.dense_params() / max(alive, 1),
-                "neurons_alive": int(gm.mask.num_alive())}
+        return MetricRecord({"accuracy": acc, "loss": loss, "params_alive": alive,
+                             "compression": gm.dense_params() / max(alive, 1),
+                             "neurons_alive": int(gm.mask.num_alive())})
 
     def on_round(rnd: int, row: dict[str, Any]) -> None:
         run.record_round(row)
@@ -54,8 +55,9 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "round %d: accuracy %.4f, params %d, failures %d", rnd, row["accuracy"],
             row["params_alive"], len(row.get("failures", {})))
 
-    strategy.start(grid, num_rounds=cfg.run.num_rounds, timeout=cfg.simulation.round_timeout,
-                   evaluate_fn=evaluate_fn, first_round=first_round, on_round=on_round)
+    strategy.start(grid, initial_arrays=to_array_record(gm.payload()[0]), num_rounds=cfg.run.num_rounds,
+                   timeout=cfg.simulation.round_timeout, evaluate_fn=evaluate_fn,
+                   first_round=first_round, on_round=on_round)
     summary = run.finalize(gm)
     log(INFO, "Final model: accuracy %.4f, %d params (%.1fx), results in %s",
         summary["final_accuracy"], summary["final_params"], summary["compression"], run.out_dir)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedprune.cli import main
-from fedprune.surgery import load_model
+from fedprune.model_file import load_model
 from fedprune.training import evaluate
 from fedprune.data import load_dataset
 
@@ -34,7 +34,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_writes_a_results_folder_like_a_federated_run(run_dir):
-    for name in ("config.toml", "metrics.jsonl", "summary.json", "final_model.pt", "final_model.onnx"):
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "final_model.json",
+                 "final_model.safetensors", "final_model.onnx"):
         assert (run_dir / name).is_file(), name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]  # default epochs: rounds x local epochs
@@ -47,7 +48,7 @@ def test_writes_a_results_folder_like_a_federated_run(run_dir):
 def test_summary_accuracy_is_the_exported_models(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     _, test = load_dataset("fashion-mnist")
-    _, acc = evaluate(load_model(run_dir / "final_model.pt"), test.x, test.y)
+    _, acc = evaluate(load_model(run_dir / "final_model.json"), test.x, test.y)
     assert acc == pytest.approx(summary["final_accuracy"], abs=1e-9)
     assert summary["final_accuracy"] == pytest.approx(summary["trained_accuracy"], abs=2e-3)
 

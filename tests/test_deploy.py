@@ -16,7 +16,7 @@ import torch
 
 from fedprune.deploy import LocalDeployment
 from fedprune.results import read_metrics
-from fedprune.surgery import load_model
+from fedprune.model_file import load_model
 
 MIB = 2**20
 
@@ -95,7 +95,7 @@ def test_superlink_and_two_supernodes_on_loopback(tmp_path):
     assert summary["rounds"] == 2 and summary["num_clients"] == 2, summary
     assert summary["final_params"] < summary["dense_params"], summary
     assert summary["budget_violations"] == 0
-    model = load_model(out / "final_model.pt")
+    model = load_model(out / "final_model.json")
     assert sum(p.numel() for p in model.parameters()) == summary["final_params"]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert (out / "final_model.onnx").is_file()

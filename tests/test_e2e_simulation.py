@@ -11,7 +11,7 @@ import torch
 
 from fedprune.data import load_dataset
 from fedprune.results import read_metrics
-from fedprune.surgery import load_model
+from fedprune.model_file import load_model
 from fedprune.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_pruned_simulation_end_to_end(tmp_path):
     assert len(budgets) == 4  # every client had its own budget
     # the exported compact model loads and scores what the summary reports
     _, test = load_dataset("fashion-mnist")
-    model = load_model(out / "final_model.pt")
+    model = load_model(out / "final_model.json")
     _, acc = evaluate(model, test.x, test.y)
     assert abs(acc - summary["final_accuracy"]) < 1e-6
     assert abs(summary["final_accuracy"] - summary["masked_accuracy"]) < 1e-3

@@ -110,7 +110,7 @@ def test_client_app_applies_the_node_config_and_reports_rss():
     from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
     from clients.client_app import app
-    from clients.records import ARRAYS, CONFIG, INFO, MASK, METRICS, to_array_record
+    from flower_io.records import ARRAYS, CONFIG, INFO, MASK, METRICS, to_array_record
     from fedprune.config import config_from_dict, flatten, to_dict
     from fedprune.global_model import GlobalModel
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from clients.records import (from_array_record, join_metrics, records_to_state, split_metrics,
+from flower_io.records import (from_array_record, join_metrics, records_to_state, split_metrics,
                              state_to_records, to_array_record)
 
 

@@ -79,8 +79,10 @@ def test_every_fault_kind_is_a_counted_failure_and_never_poisons(tmp_path):
         assert row["aggregated"] == clients - n_faulty, row["failures"]
         assert len(row["failures"]) == n_faulty, row["failures"]
         for c, kind in expected.items():
-            if kind in ("nan", "bad-mask", "mismatch"):
-                assert str(c) in row["failures"], (kind, row["failures"])
+            if kind in ("nan", "bad-mask", "mismatch", "raise", "oom"):
+                assert str(c) in row["failures"], (kind, row["failures"])  # keyed by partition id
+        for reason in row["failures"].values():  # one short line, no terminal colour codes
+            assert "\n" not in reason and "\x1b" not in reason and len(reason) <= 200, reason
         assert np.isfinite(row["accuracy"]) and row["accuracy"] > 0.3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["client_failures"] == sum(len(r["failures"]) for r in rows)

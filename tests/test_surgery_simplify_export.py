@@ -1,18 +1,15 @@
-"""simplify (server-side final simplification), export to ONNX, saving, accounting."""
+"""simplify (server-side final simplification), export to ONNX, accounting."""
 
 import functools
-import pickle
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from fedprune.models import build_model, example_input
 from fedprune.surgery import (FoldedConv2d, NeuronGraph, NeuronMask, count_flops, count_params, export_onnx,
-                              format_neurons, load_model, model_bytes, neurons_per_layer,
-                              save_model, simplify)
+                              format_neurons, model_bytes, neurons_per_layer, simplify)
 from fedprune.surgery.testing import outputs_close, randomize_constants
 
 
@@ -98,30 +95,6 @@ def test_onnx_export_rejects_unknown_exporter(tmp_path):
     model, _ = setup("lenet5")
     with pytest.raises(ValueError, match="exporter"):
         export_onnx(model, example_input(), tmp_path / "m.onnx", exporter="tf")
-
-
-def test_save_and_weights_only_load(tmp_path):
-    model, g = setup("resnet8")
-    small = g.compact(model, NeuronMask.random(g, 0.5, rng=6))
-    save_model(small, tmp_path / "m.pt")
-    loaded = load_model(tmp_path / "m.pt")
-    assert type(loaded) is type(small)
-    outputs_close(loaded, small, x4(), atol=0.0)  # includes the non-persistent border terms
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(tmp_path / "m.pt", weights_only=True)  # plain weights_only needs the allow-list
-
-
-class _Custom(nn.Module):  # defined in a test module: not an allow-listed class
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(2, 2)
-
-
-def test_load_refuses_untrusted_classes(tmp_path):
-    save_model(_Custom(), tmp_path / "c.pt")
-    with pytest.raises(pickle.UnpicklingError, match="untrusted"):
-        load_model(tmp_path / "c.pt")
-    assert isinstance(load_model(tmp_path / "c.pt", trusted=True), _Custom)
 
 
 def test_accounting():

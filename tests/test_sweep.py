@@ -270,6 +270,60 @@ def test_cli_dry_run_and_errors(sweep_file, tmp_path, capsys):
     assert "error: sweep file" in capsys.readouterr().err
 
 
+def untrained_runner(cfg, run_dir, on_poll):
+    """A run in which every client failed every round: the server aggregated nothing."""
+    rows = [{"round": r, "aggregated": 0, "failures": {"0": "does not fit its memory budget"}}
+            for r in range(1, cfg.run.num_rounds + 1)]
+    write_metrics(run_dir, rows)
+    write_json(run_dir / "summary.json", {"final_accuracy": 0.1, "final_params": 100,
+                                          "rounds": len(rows), "rounds_aggregated": 0})
+    return 0
+
+
+def test_out_refuses_a_folder_that_is_not_a_sweep(sweep_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SweepError, match="not a sweep folder"):
+        Sweep(load_sweep(sweep_file), out, runner=fake_runner, quiet=True).run()
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SweepError, match="is a file"):
+        Sweep(load_sweep(sweep_file), tmp_path / "afile", runner=fake_runner, quiet=True).run()
+
+
+def test_out_refuses_another_sweeps_folder(sweep_file, tmp_path, capsys):
+    from fedprune.cli import main
+
+    out = tmp_path / "out"
+    Sweep(load_sweep(sweep_file), out, runner=fake_runner, quiet=True).run()
+    before = sorted(str(p) for p in out.rglob("*"))
+    other = tmp_path / "other.toml"
+    other.write_text(GRID.replace('name = "t"', 'name = "u"'))
+    assert main(["sweep", str(other), "--out", str(out), "--quiet",
+                 "--runner", "tests.test_sweep:fake_runner"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "another sweep" in err and "\n" not in err
+    assert sorted(str(p) for p in out.rglob("*")) == before
+
+
+def test_a_sweep_where_no_client_trained_ends_non_zero(sweep_file, tmp_path, capsys):
+    from fedprune.cli import main
+
+    code = main(["sweep", str(sweep_file), "--out", str(tmp_path / "o"), "--quiet",
+                 "--runner", "tests.test_sweep:untrained_runner"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no client trained in any round of 8 run(s)")
+
+
+def test_a_sweep_whose_clients_trained_ends_zero(sweep_file, tmp_path):
+    from fedprune.cli import main
+
+    assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "o"), "--quiet",
+                 "--runner", "tests.test_sweep:fake_runner"]) == 0
+
+
 def _data_available():
     from fedprune.data import locate_dataset
 
@@ -313,3 +367,27 @@ budget-scale = 0.05
         assert budgets[0] < budgets[1]  # the Pi Zero got the smaller budget
     res2 = Sweep(load_sweep(f), out, quiet=True).run()
     assert res2.done == [] and len(res2.skipped) == 2
+
+
+def test_a_simulate_run_where_no_client_trained_ends_non_zero(tmp_path, monkeypatch, capsys):
+    """The CLI reads the server's summary: every round aggregated nothing -> exit 1, one line."""
+    import fedprune.launch
+    from fedprune.cli import main
+    from fedprune.server_run import rounds_aggregated
+
+    rows = [{"round": 1, "aggregated": 0}, {"round": 2, "aggregated": 0}]
+    assert rounds_aggregated(rows) == 0 and rounds_aggregated(rows + [{"aggregated": 3}]) == 1
+
+    def fake_simulation(spec, on_poll=None):
+        write_metrics(spec.out_dir, rows)
+        write_json(spec.out_dir / "summary.json", {"final_accuracy": 0.1, "final_params": 10, "compression": 1.0,
+                                                   "neurons_per_layer": "", "rounds": 2,
+                                                   "rounds_aggregated": rounds_aggregated(rows)})
+        return 0
+
+    monkeypatch.setattr(fedprune.launch, "run_flower_simulation", fake_simulation)
+    (tmp_path / "exp.toml").write_text(BASE.replace("budget-mb = 4.0", "budget-mb = 64.0"))
+    assert main(["simulate", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [line for line in err if line.startswith("error: no client trained in any of the 2 rounds")]
+    assert len(err) == 1

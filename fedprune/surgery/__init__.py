@@ -13,7 +13,7 @@ See ``docs/surgery.md`` for concepts, invariants and limitations.
 
 from .accounting import count_flops, count_params, format_neurons, model_bytes, neurons_per_layer
 from .errors import FoldWarning, MaskError, SurgeryError
-from .export import export_final_model, export_onnx, load_model, save_model
+from .export import export_onnx
 from .graph import NeuronGraph
 from .groups import LayerRole, NeuronGroup
 from .mask import NeuronMask
@@ -22,7 +22,7 @@ from .simplify import dead_neuron_mask, simplify
 
 __all__ = [
     "NeuronGraph", "NeuronGroup", "LayerRole", "NeuronMask", "MaskError", "SurgeryError",
-    "FoldWarning", "FoldedConv2d", "simplify", "dead_neuron_mask", "export_onnx", "export_final_model", "save_model",
-    "load_model", "count_params", "model_bytes", "count_flops", "neurons_per_layer",
+    "FoldWarning", "FoldedConv2d", "simplify", "dead_neuron_mask", "export_onnx",
+    "count_params", "model_bytes", "count_flops", "neurons_per_layer",
     "format_neurons",
 ]

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from fedprune.config import flatten, unflatten
 
 ARRAYS, MASK, METRICS, INFO, CONFIG = "arrays", "mask", "metrics", "info", "config"
+FAILURE = "failure"  # a client's failure reply: {"client", "reason", "traceback"}
 NUM_EXAMPLES = "num-examples"
 SEP = "::"  # nesting separator of method state in records
 

@@ -1,0 +1,1 @@
+"""Conversions between fedprune's plain data and Flower records, shared by the client and server adapters."""
