@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from fedprune.config import ConfigError, ExperimentConfig, dumps_toml, load_config, to_dict
 from fedprune.data import DatasetNotFound, locate_dataset
+from fedprune.launch import LaunchError
 from fedprune.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text, read_metrics
 from fedprune.run_lock import LAUNCH_LOCK, WRITER_LOCK, RunFolderBusy, RunLock, ensure_unlocked
 
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UsageError, DatasetNotFound, RunFolderBusy) as err:
+    except (ConfigError, UsageError, DatasetNotFound, RunFolderBusy, LaunchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
