@@ -310,5 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as fedprune.cli, so the errors other modules raise are ours
+    from fedprune.cli import main as _main
+
+    sys.exit(_main())
