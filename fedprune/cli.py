@@ -15,14 +15,41 @@ from typing import Any, Sequence
 
 from fedprune.config import ConfigError, ExperimentConfig, dumps_toml, load_config, to_dict
 from fedprune.data import DatasetNotFound
+from fedprune.launch import LaunchError
 from fedprune.preflight import preflight
 from fedprune.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text, read_metrics
+from fedprune.run_lock import LAUNCH_LOCK, WRITER_LOCK, RunFolderBusy, RunLock, ensure_unlocked
 
 EXIT_BAD_INPUT = 2
+NOT_RESULTS = {".flwr", LAUNCH_LOCK, WRITER_LOCK}  # may be in a results folder that holds no run
 
 
 class UsageError(Exception):
     """Bad input detected by the CLI itself (message is one line)."""
+
+
+def read_config(path: str | Path) -> ExperimentConfig:
+    """The config in ``path``; ``UsageError`` naming the file when it is not readable TOML text."""
+    try:
+        return load_config(path)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text (UTF-8 TOML) file") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def validate_for_run(cfg: ExperimentConfig, source: str | Path, epochs: int | None = None) -> None:
+    """Everything a run checks before it starts (``fedprune.preflight``): ranges, data, budgets.
+
+    Any other invalid value (``ValueError``, e.g. a budget of ``inf``) becomes a ``UsageError``
+    naming ``source``.
+    """
+    try:
+        preflight(cfg, epochs=epochs)
+    except (ConfigError, DatasetNotFound):
+        raise
+    except (ValueError, OverflowError) as err:
+        raise UsageError(f"{source}: {err}") from None
 
 
 def check_data_available(cfg: ExperimentConfig) -> None:
@@ -45,11 +72,7 @@ def prepare_run_dir(cfg: ExperimentConfig, out: str | None, resume: str | None) 
             raise UsageError(f"--resume {resume}: this run already finished ({SUMMARY_FILE} exists)")
         cfg = load_config(run_dir / CONFIG_FILE)
     else:
-        base = Path(out) if out else Path(cfg.run.out_dir or Path("results") / cfg.run.name)
-        run_dir = base.expanduser().resolve()
-        if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name != ".flwr"):
-            raise UsageError(f"results folder {run_dir} is not empty; pass another --out "
-                             f"(or --resume {run_dir} to continue an interrupted run)")
+        run_dir = _new_run_dir(cfg, out)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(run_dir)))
     cfg = config_from_dict(to_dict(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,16 +107,62 @@ def _progress(run_dir: Path, total: int):
     return progress, poll
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedprune.launch import SimulationSpec, run_flower_simulation
+def _resume_target(resume: str) -> tuple[Path, ExperimentConfig]:
+    """The run folder to resume and its config, checked read-only (files, lock, checkpoint, metrics).
 
+    Raises ``UsageError``/``ConfigError``/``RunFolderBusy`` with one line naming the file; nothing
+    in the folder is written or removed.
+    """
+    from fedprune.resume import ResumeError, resume_state
+
+    run_dir = Path(resume).expanduser().resolve()
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"--resume {resume}: no {CONFIG_FILE} there (not a fedprune run folder)")
+    if (run_dir / SUMMARY_FILE).is_file():
+        raise UsageError(f"--resume {resume}: this run already finished ({SUMMARY_FILE} exists)")
+    ensure_unlocked(run_dir)
+    cfg = read_config(run_dir / CONFIG_FILE)
+    validate_for_run(cfg, run_dir / CONFIG_FILE)
+    try:
+        resume_state(run_dir, cfg)
+    except ResumeError as err:
+        raise UsageError(f"cannot resume: {err}") from None
+    return run_dir, cfg
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise UsageError("give either CONFIG or --resume RUN_DIR, not both")
     if not args.resume and not args.config:
         raise UsageError("simulate needs a CONFIG file (or --resume RUN_DIR)")
-    cfg = preflight(load_config(args.config)) if args.config else None
-    cfg, run_dir = prepare_run_dir(cfg or ExperimentConfig(), args.out, args.resume)
-    check_data_available(cfg)
+    if args.resume:
+        run_dir, cfg = _resume_target(args.resume)
+    else:
+        cfg = read_config(args.config)
+        validate_for_run(cfg, args.config)
+        run_dir = None
+    with RunLock(run_dir or _new_run_dir(cfg, args.out), LAUNCH_LOCK):
+        cfg, run_dir = prepare_run_dir(cfg, args.out, args.resume)
+        args.run_dir = run_dir  # named by the interruption message
+        return _simulate(cfg, run_dir)
+
+
+def _new_run_dir(cfg: ExperimentConfig, out: str | None) -> Path:
+    """The results folder a new run will use (checked free by ``prepare_run_dir``, created here)."""
+    base = Path(out) if out else Path(cfg.run.out_dir or Path("results") / cfg.run.name)
+    run_dir = base.expanduser().resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"results folder {run_dir} is a file, not a folder; pass another --out")
+    if run_dir.exists() and any(p for p in run_dir.iterdir() if p.name not in NOT_RESULTS):
+        raise UsageError(f"results folder {run_dir} is not empty; pass another --out "
+                         f"(or --resume {run_dir} to continue an interrupted run)")
+    return run_dir
+
+
+def _simulate(cfg: ExperimentConfig, run_dir: Path) -> int:
+    """Launch the simulation in ``run_dir`` (whose launch lock the caller holds); report its end."""
+    from fedprune.launch import SimulationSpec, run_flower_simulation
+
     spec = SimulationSpec(config_file=run_dir / CONFIG_FILE, out_dir=run_dir,
                           num_supernodes=cfg.fleet.num_clients, client_cpus=cfg.simulation.client_cpus,
                           client_gpus=cfg.simulation.client_gpus, ray_address=cfg.simulation.ray_address)
@@ -126,8 +195,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from fedprune.centralized import run_centralized
 
-    cfg = preflight(load_config(args.config), epochs=args.epochs)
+    cfg = read_config(args.config)
+    validate_for_run(cfg, args.config, epochs=args.epochs)
     out = Path(args.out or Path("results") / f"{cfg.run.name}-centralized").resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"results folder {out} is a file, not a folder; pass another --out")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")
     summary = run_centralized(cfg, out, epochs=args.epochs)
@@ -144,7 +216,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{args.sync_pyproject}: {'updated' if changed else 'already in sync'}")
         return 0
     if args.check:
-        preflight(load_config(args.check))  # exactly what simulate and train check before starting
+        validate_for_run(read_config(args.check), args.check)  # exactly what simulate and train check
         print(f"{args.check}: ok")
         return 0
     print(dumps_toml(to_dict(ExperimentConfig())), end="")
@@ -198,7 +270,17 @@ def _add_optional_commands(sub: Any) -> None:
 
 
 def _terminate_gracefully(signum, frame) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt  # unwinds `finally` blocks: the SuperLink and Ray get stopped
+    raise KeyboardInterrupt  # unwinds `finally` blocks: every process of the run is ended first
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    run_dir = getattr(args, "run_dir", None)
+    if args.command == "simulate" and run_dir is not None:
+        return ("interrupted: every process of the run has ended; completed rounds are "
+                f"checkpointed; continue with `fedprune simulate --resume {run_dir}`")
+    if run_dir is not None:
+        return f"interrupted: every process of the run has ended; partial results in {run_dir}"
+    return "interrupted"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,14 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UsageError, DatasetNotFound) as err:
+    except (ConfigError, UsageError, DatasetNotFound, RunFolderBusy, LaunchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted: completed rounds are checkpointed; continue with "
-              "`fedprune simulate --resume RUN_DIR`", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as fedprune.cli, so the errors other modules raise are ours
+    from fedprune.cli import main as _main
+
+    sys.exit(_main())

@@ -18,6 +18,7 @@ Like ``fedprune.launch`` this module drives Flower's command-line tools and neve
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from fedprune.launch import PROJECT_ROOT, LaunchError, _stop, _tool, _wait_port, free_port, tool_env
 from fedprune.node import format_node_config
+from fedprune.process_tree import LAUNCH_ENV, end_launch, new_launch_token
 
 LOOPBACK = "127.0.0.1"
 
@@ -50,9 +52,11 @@ def write_cli_config(home: Path, address: str, *, name: str = "fedprune", insecu
     return path
 
 
-def _env(home: Path) -> dict[str, str]:
-    # flwr-serverapp / flwr-clientapp / flower-superexec are found on PATH
-    return dict(tool_env(), FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
+def _env(home: Path, token: str) -> dict[str, str]:
+    # flwr-serverapp / flwr-clientapp / flower-superexec are found on PATH; the token marks every
+    # process of this deployment, including those Flower starts in sessions of their own
+    return dict(tool_env(), FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1",
+                **{LAUNCH_ENV: token})
 
 
 def superlink_command(port: int, fleet_port: int, control_port: int, host: str = LOOPBACK) -> list[str]:
@@ -84,6 +88,7 @@ class LocalDeployment:
     app_dir: Path = PROJECT_ROOT
     startup_timeout: float = 60.0
     port: int = 0  # SuperLink HTTP port (0: a free one)
+    token: str = field(default_factory=lambda: new_launch_token("deploy"), init=False)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     ports: list[int] = field(default_factory=list, init=False)  # every port handed to a process
     _logs: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -103,7 +108,7 @@ class LocalDeployment:
         home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        proc = subprocess.Popen(cmd, cwd=self.app_dir, env=_env(home), stdout=log,
+        proc = subprocess.Popen(cmd, cwd=self.app_dir, env=_env(home, self.token), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -134,9 +139,31 @@ class LocalDeployment:
             if name.startswith("flwr-run"):
                 continue
             if proc.poll() is not None:
-                tail = self.log_path(name).read_text(errors="replace").splitlines()[-15:]
-                raise DeployError(f"{name} exited with code {proc.returncode}; last lines of "
-                                  f"{self.log_path(name)}:\n" + "\n".join(tail))
+                raise DeployError(f"{name} exited with code {proc.returncode}; see {self.log_path(name)}")
+
+    def online_nodes(self) -> int:
+        """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``); 0 on error."""
+        proc = subprocess.run([_tool("flwr"), "supernode", "ls", "--format", "json"], cwd=self.app_dir,
+                              env=_env(self.cli_home, self.token), capture_output=True, text=True,
+                              timeout=60)
+        try:
+            nodes = json.loads(proc.stdout[proc.stdout.index("{"):])["nodes"]
+        except (ValueError, KeyError, TypeError):
+            return 0
+        return sum(1 for n in nodes if n.get("status") == "online")
+
+    def wait_for_nodes(self, needed: int, timeout: float) -> None:
+        """Return once ``needed`` SuperNodes are online; ``DeployError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        online = 0
+        while time.monotonic() < deadline:
+            self.check_alive()
+            online = self.online_nodes()
+            if online >= needed:
+                return
+            time.sleep(1.0)
+        raise DeployError(f"only {online} of {needed} SuperNodes connected within {timeout:.0f} s; "
+                          f"logs in {self.work_dir}")
 
     def run(self, config_file: Path, timeout: float | None = None,
             on_poll: Callable[[], None] | None = None) -> int:
@@ -159,9 +186,11 @@ class LocalDeployment:
             _stop(runner)
 
     def stop(self) -> None:
-        """Stop every process started here (SuperNodes first), close the logs; safe to repeat."""
+        """Stop every process started here (SuperNodes first) and wait until all are gone, close
+        the logs; safe to repeat."""
         for name in sorted(self.procs, key=lambda n: n == "superlink"):
             _stop(self.procs[name], grace=10.0)
+        left = end_launch(self.token)  # what Flower started in sessions of its own
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -169,6 +198,8 @@ class LocalDeployment:
             home = self.work_dir / name / ".flwr"
             shutil.rmtree(home, ignore_errors=True)  # Flower's private state (FABs, keys)
         shutil.rmtree(self.cli_home, ignore_errors=True)
+        if left:
+            raise DeployError(f"processes {left} of the deployment did not exit; stop them by hand")
 
     def __enter__(self) -> "LocalDeployment":
         return self.start()
@@ -185,21 +216,34 @@ def parse_node_args(nodes: Sequence[str] | None, count: int | None) -> list[str]
     return [format_node_config({"partition-id": i, "num-partitions": n}) for i in range(n)]
 
 
+def nodes_needed(cfg: Any) -> int:
+    """How many SuperNodes a run waits for before its first round (the strategy's minimum)."""
+    return max(cfg.fleet.min_clients, cfg.fleet.clients_per_round)
+
+
 def cmd_deploy_local(args: argparse.Namespace) -> int:
     """``deploy-local``: the run on a local SuperLink + SuperNodes (deployment engine)."""
-    from fedprune.cli import check_data_available, prepare_run_dir
-    from fedprune.config import load_config
+    from fedprune.cli import LAUNCH_LOCK, RunLock, UsageError, _new_run_dir, _progress, prepare_run_dir, \
+        read_config, validate_for_run
     from fedprune.results import CONFIG_FILE, SUMMARY_FILE
 
-    cfg = load_config(args.config)
-    check_data_available(cfg)
-    cfg, run_dir = prepare_run_dir(cfg, args.out, None)
+    cfg = read_config(args.config)
+    validate_for_run(cfg, args.config)
     nodes = parse_node_args(args.node, args.nodes)
-    print(f"fedprune: deploying {cfg.run.name!r} on a local SuperLink with {len(nodes)} SuperNodes "
-          f"-> {run_dir}", flush=True)
-    t0 = time.perf_counter()
-    with LocalDeployment(run_dir / "deployment", nodes) as dep:
-        code = dep.run(run_dir / CONFIG_FILE, timeout=args.timeout)
+    if len(nodes) < nodes_needed(cfg):
+        raise UsageError(f"{len(nodes)} --node(s) given but {args.config} needs {nodes_needed(cfg)} "
+                         f"(fleet.min-clients = {cfg.fleet.min_clients}, clients-per-round = "
+                         f"{cfg.fleet.clients_per_round}); add --node options or lower min-clients")
+    with RunLock(_new_run_dir(cfg, args.out), LAUNCH_LOCK):
+        cfg, run_dir = prepare_run_dir(cfg, args.out, None)
+        args.run_dir = run_dir  # named by the interruption message
+        print(f"fedprune: deploying {cfg.run.name!r} on a local SuperLink with {len(nodes)} SuperNodes "
+              f"-> {run_dir}", flush=True)
+        t0 = time.perf_counter()
+        progress, poll = _progress(run_dir, cfg.run.num_rounds)
+        with LocalDeployment(run_dir / "deployment", nodes) as dep, progress:
+            dep.wait_for_nodes(nodes_needed(cfg), args.startup_timeout)
+            code = dep.run(run_dir / CONFIG_FILE, timeout=args.timeout, on_poll=poll)
     if not (run_dir / SUMMARY_FILE).is_file():
         print(f"error: the run ended (flwr exit code {code}) without a summary; logs in "
               f"{run_dir / 'deployment'}", file=sys.stderr)
@@ -224,18 +268,20 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
                         "budget-mb=6' (repeat per node)")
     p.add_argument("--nodes", type=int, help="without --node: this many plain SuperNodes (default 2)")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--startup-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="the SuperNodes must connect within this many seconds (default 120)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedprune.deploy", description=__doc__.splitlines()[0])
     _fill_parser(p)
     args = p.parse_args(argv)
-    from fedprune.cli import UsageError
+    from fedprune.cli import RunFolderBusy, UsageError
     from fedprune.config import ConfigError
 
     try:
         return cmd_deploy_local(args)
-    except (ConfigError, UsageError, LaunchError) as err:
+    except (ConfigError, UsageError, LaunchError, RunFolderBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

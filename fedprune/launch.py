@@ -5,7 +5,9 @@ private Flower home). It starts ``flower-superlink --simulation`` on free loopba
 app with ``flwr run APP --run-config CONFIG --federation-config ... --stream`` (the supported path in
 flwr 1.41), waits for the run to end, and always stops the SuperLink it started. The simulation's
 clients run on Ray: a local Ray, or an existing cluster when ``ray_address`` (or ``RAY_ADDRESS``) is
-set. This module never imports Flower: it drives Flower's command-line tools.
+set. Every process the run starts carries a launch token in its environment, and all of them
+are ended, and waited for, before ``run_flower_simulation`` returns (``fedprune.process_tree``).
+This module never imports Flower: it drives Flower's command-line tools.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from fedprune.process_tree import LAUNCH_ENV, end_launch, new_launch_token
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,9 +104,47 @@ class SimulationSpec:
     timeout: float | None = None
 
 
+def _end_launch(token: str, procs: list[subprocess.Popen]) -> None:
+    """Signal the launch's process groups, then end every process carrying its token, and wait.
+
+    SIGINT/SIGTERM are ignored meanwhile (main thread only) so a second Ctrl-C cannot cut the
+    cleanup short; it is bounded by ``end_launch``'s timeout.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    saved = [(s, signal.signal(s, signal.SIG_IGN)) for s in (signal.SIGINT, signal.SIGTERM)] if in_main else []
+    try:
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        left = end_launch(token)
+        for proc in procs:
+            _stop(proc, grace=1.0)
+        if left:
+            raise LaunchError(f"processes {left} of the run did not exit; stop them by hand")
+    finally:
+        for sig, handler in saved:
+            signal.signal(sig, handler)
+
+
+def _launch_env(home: Path, token: str, ray_address: str) -> dict[str, str]:
+    env = dict(tool_env(), FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
+    env[LAUNCH_ENV] = token  # inherited by the SuperExec, the simulation and Ray: see process_tree
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    return env
+
+
 def run_flower_simulation(spec: SimulationSpec,
                           on_poll: Callable[[], None] | None = None) -> int:
-    """Run the app to completion; returns ``flwr run``'s exit code. Always stops the SuperLink."""
+    """Run the app to completion; returns ``flwr run``'s exit code.
+
+    Whatever happens (an error, Ctrl-C, SIGTERM raised as ``KeyboardInterrupt``), every process the
+    run started, the SuperLink, SuperExec, simulation and local Ray processes, is ended and gone
+    before this returns or raises.
+    """
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
     home = out / ".flwr"
@@ -111,41 +153,43 @@ def run_flower_simulation(spec: SimulationSpec,
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "fedprune"\n\n[superlink.fedprune]\n'
         f'address = "127.0.0.1:{http_port}"\ninsecure = true\n')
-    env = dict(tool_env(), FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
-    if spec.ray_address:
-        env["RAY_ADDRESS"] = spec.ray_address
-    log_path = out / "flwr.log"
-    with open(log_path, "ab") as log:
-        link = subprocess.Popen(
-            [_tool("flower-superlink"), "--insecure", "--simulation",
-             "--disable-runtime-dependency-installation", "--database", ":flwr-in-memory:",
-             "--host", "127.0.0.1", "--port", str(http_port),
-             "--fleet-api-address", f"127.0.0.1:{fleet_port}",
-             "--control-api-address", f"127.0.0.1:{control_port}"],
-            cwd=spec.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    token = new_launch_token(str(out))
+    env = _launch_env(home, token, spec.ray_address)
+    procs: list[subprocess.Popen] = []
+    with open(out / "flwr.log", "ab") as log:
         try:
-            _wait_port(http_port, 60, link)
+            procs.append(subprocess.Popen(
+                [_tool("flower-superlink"), "--insecure", "--simulation",
+                 "--disable-runtime-dependency-installation", "--database", ":flwr-in-memory:",
+                 "--host", "127.0.0.1", "--port", str(http_port),
+                 "--fleet-api-address", f"127.0.0.1:{fleet_port}",
+                 "--control-api-address", f"127.0.0.1:{control_port}"],
+                cwd=spec.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            _wait_port(http_port, 60, procs[0])
             fed = [f"num-supernodes={spec.num_supernodes}",
                    f"client-resources-num-cpus={_num(spec.client_cpus)}",
                    f"client-resources-num-gpus={_num(spec.client_gpus)}"]
             cmd = [_tool("flwr"), "run", str(spec.app_dir), "--run-config", str(spec.config_file),
                    "--federation-config", " ".join(fed), "--stream"]
-            runner = subprocess.Popen(cmd, cwd=spec.app_dir, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-            stop = threading.Event()
-            deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
-            try:
-                while runner.poll() is None:
-                    if on_poll is not None:
-                        on_poll()
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise LaunchError(f"simulation exceeded its {spec.timeout:.0f} s limit")
-                    stop.wait(0.5)
-                if on_poll is not None:
-                    on_poll()
-                return int(runner.returncode)
-            finally:
-                _stop(runner)
+            procs.append(subprocess.Popen(cmd, cwd=spec.app_dir, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+            return _wait_runner(procs[1], spec.timeout, on_poll)
         finally:
-            _stop(link)
+            _end_launch(token, procs[::-1])
             shutil.rmtree(home, ignore_errors=True)  # Flower's private state; the run's files stay
+
+
+def _wait_runner(runner: subprocess.Popen, timeout: float | None,
+                 on_poll: Callable[[], None] | None) -> int:
+    """Poll until ``runner`` exits; its exit code. ``LaunchError`` past ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stop = threading.Event()
+    while runner.poll() is None:
+        if on_poll is not None:
+            on_poll()
+        if deadline is not None and time.monotonic() > deadline:
+            raise LaunchError(f"simulation exceeded its {timeout:.0f} s limit")
+        stop.wait(0.5)
+    if on_poll is not None:
+        on_poll()
+    return int(runner.returncode)

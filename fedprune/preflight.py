@@ -30,7 +30,7 @@ def preflight(cfg: ExperimentConfig, *, epochs: int | None = None) -> Experiment
 
     cfg.validate()
     if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs = {epochs}: must be >= 1")
+        raise ConfigError(f"--epochs {epochs}: must be >= 1")
     try:
         check_data_available(cfg)
     except DatasetNotFound:

@@ -21,6 +21,7 @@ from fedprune.data import load_dataset
 from fedprune.global_model import GlobalModel
 from fedprune.results import CONFIG_FILE, atomic_write_text, read_metrics, write_json, write_metrics
 from fedprune.model_file import ModelArch, export_final_model
+from fedprune.run_lock import WRITER_LOCK, RunLock
 from fedprune.surgery import count_flops, count_params, format_neurons, neurons_per_layer
 from fedprune.training import evaluate
 
@@ -56,12 +57,17 @@ def rounds_aggregated(rows: Sequence[Mapping[str, Any]]) -> int:
 
 
 class ServerRun:
-    """Results folder + evaluation + final simplification for one federated run."""
+    """Results folder + evaluation + final simplification for one federated run.
+
+    Holds the folder's writer lock from construction until the process exits (``RunFolderBusy``
+    if another process writes to the same folder).
+    """
 
     def __init__(self, cfg: ExperimentConfig, out_dir: str | Path | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir else resolve_out_dir(cfg)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.out_dir, WRITER_LOCK).acquire()  # one writer; held until exit
         _, self.test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
         self.rows: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()

@@ -13,9 +13,10 @@ from flwr.app import Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedprune.checkpoint import load_checkpoint, save_checkpoint
+from fedprune.checkpoint import save_checkpoint
 from fedprune.config import config_from_flat
 from fedprune.global_model import GlobalModel
+from fedprune.resume import resume_state
 from fedprune.server_run import ServerRun
 from flower_io.records import to_array_record
 from strategies.masked_fedavg import MaskedFedAvg
@@ -32,10 +33,11 @@ def main(grid: Grid, context: Context) -> None:
     strategy = MaskedFedAvg(gm, seed=cfg.run.seed, clients_per_round=cfg.fleet.clients_per_round,
                             min_train_nodes=cfg.fleet.min_clients)
     first_round, rows, previous_wall = 1, [], 0.0
-    ckpt = load_checkpoint(run.out_dir)
+    state = resume_state(run.out_dir, cfg)  # refuses damaged files; never truncates them
+    ckpt = state.checkpoint
     if ckpt is not None:
         gm.load_state(ckpt.dense, ckpt.mask)
-        rows = run.previous_rows()[: ckpt.round]
+        rows = state.rows
         first_round = ckpt.round + 1
         previous_wall = float(rows[-1].get("wall_seconds", 0.0)) if rows else 0.0
         log(INFO, "Resuming %s from round %d", run.out_dir, first_round)

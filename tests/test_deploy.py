@@ -119,3 +119,52 @@ def test_superlink_and_two_supernodes_on_loopback(tmp_path):
             # the process's RSS (psutil) is reported beside the training-memory figures
             assert c["rss_bytes"] > fixed["budget_bytes"] and c["rss_peak_bytes"] >= c["rss_bytes"]
             assert "ray_node_id" not in c  # a real SuperNode, not a simulation actor
+
+
+def _fedprune(*args: str, timeout: float = 300):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fedprune.cli", *args], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_deploy_local_refuses_fewer_nodes_than_min_clients_before_starting(tmp_path):
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(CONFIG.format(out=tmp_path / "run").replace("min-clients = 2", "min-clients = 4")
+                   .replace("num-clients = 2", "num-clients = 4"))
+    proc = _fedprune("deploy-local", str(cfg), "--node", "partition-id=0 num-partitions=2",
+                     "--node", "partition-id=1 num-partitions=2", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "2 --node(s) given" in lines[0] and "needs 4" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started or written
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_nodes_that_do_not_connect_end_in_a_startup_timeout(tmp_path):
+    from fedprune.deploy import DeployError
+
+    dep = LocalDeployment(tmp_path / "deployment", NODES[:1])
+    try:
+        dep.start()
+        t0 = time.monotonic()
+        with pytest.raises(DeployError, match="only 1 of 2 SuperNodes connected within 20 s"):
+            dep.wait_for_nodes(2, timeout=20)
+        assert time.monotonic() - t0 < 60
+    finally:
+        dep.stop()
+    assert not _processes_using(dep.ports)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_deploy_local_prints_every_round(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text(CONFIG.format(out=out))
+    proc = _fedprune("deploy-local", str(cfg), "--nodes", "2", "--startup-timeout", "120", timeout=550)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1/2:" in proc.stderr and "round 2/2:" in proc.stderr, proc.stderr[-3000:]
+    assert (out / "summary.json").is_file()

@@ -45,13 +45,6 @@ def test_check_refuses_what_train_and_simulate_refuse(case, tmp_path, capsys):
     assert not out.exists()  # nothing started, nothing left behind
 
 
-def test_a_binary_config_is_one_line(tmp_path, capsys):
-    path = tmp_path / "exp.toml"
-    path.write_bytes(bytes(range(256)) * 4)
-    assert main(["config", "--check", str(path)]) == 2
-    _one_error_line(capsys, "not a text file")
-
-
 def test_train_with_zero_epochs_is_refused_and_leaves_no_folder(tmp_path, capsys):
     path = _write(tmp_path, "")
     out = tmp_path / "out"
