@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.samples = 2, 16
 
-    from fedprune.cli import check_data_available, prepare_run_dir
+    from fedprune.preflight import check_data_available
+    from fedprune.run_folder import prepare_run_dir
     from fedprune.launch import SimulationSpec, run_flower_simulation
-    from fedprune.sweep import whole
 
     cfg = config_from_dict(bench_config(args))
     check_data_available(cfg)
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.mkdtemp(prefix="fedprune-bench-scale-")
         run_out = Path(tmp) / "run"
     cfg, run_dir = prepare_run_dir(cfg, str(run_out), None)
-    spec = SimulationSpec(config_file=run_dir / "config.toml", out_dir=run_dir,
-                          num_supernodes=cfg.fleet.num_clients, client_cpus=whole(cfg.simulation.client_cpus))
+    spec = SimulationSpec.for_run(cfg, run_dir)
     baseline_available = psutil.virtual_memory().available
     min_available = baseline_available
     first_round_at: list[float] = []

@@ -17,17 +17,15 @@ Like ``fedprune.launch`` this module drives Flower's command-line tools and neve
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fedprune.launch import PROJECT_ROOT, LaunchError, _stop, _tool, _wait_port, free_port, tool_env
+from fedprune.launch import PROJECT_ROOT, LaunchError, stop_process, console_tool, wait_for_port, free_port, tool_env
 from fedprune.node import format_node_config
 from fedprune.process_tree import LAUNCH_ENV, end_launch, new_launch_token
 
@@ -65,7 +63,7 @@ def superlink_command(port: int, fleet_port: int, control_port: int, host: str =
     In flwr 1.41 the Control, Fleet and ServerAppIo APIs are served over HTTP on ``--port``; the
     deprecated gRPC addresses are still opened, so they are pinned to free ports on ``host`` too.
     """
-    return [_tool("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+    return [console_tool("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
             "--database", ":flwr-in-memory:", "--host", host, "--port", str(port),
             "--fleet-api-address", f"{host}:{fleet_port}",
             "--control-api-address", f"{host}:{control_port}"]
@@ -75,7 +73,7 @@ def supernode_command(superlink: str, node_config: Mapping[str, Any] | str, port
                       host: str = LOOPBACK) -> list[str]:
     """``flower-supernode`` connected to ``superlink`` (host:port), insecure, with its node config."""
     conf = node_config if isinstance(node_config, str) else format_node_config(node_config)
-    return [_tool("flower-supernode"), "--insecure", "--superlink", superlink,
+    return [console_tool("flower-supernode"), "--insecure", "--superlink", superlink,
             "--host", host, "--port", str(port), "--node-config", conf]
 
 
@@ -121,7 +119,7 @@ class LocalDeployment:
             self.ports = [self.port, free_port(), free_port()]
             link = self._spawn("superlink", superlink_command(*self.ports),
                                self.work_dir / "superlink" / ".flwr")
-            _wait_port(self.port, self.startup_timeout, link)
+            wait_for_port(self.port, self.startup_timeout, link)
             for i, conf in enumerate(self.node_configs):
                 self.ports.append(free_port())
                 self._spawn(f"supernode-{i}", supernode_command(self.superlink_address, conf, self.ports[-1]),
@@ -143,7 +141,7 @@ class LocalDeployment:
 
     def online_nodes(self) -> int:
         """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``); 0 on error."""
-        proc = subprocess.run([_tool("flwr"), "supernode", "ls", "--format", "json"], cwd=self.app_dir,
+        proc = subprocess.run([console_tool("flwr"), "supernode", "ls", "--format", "json"], cwd=self.app_dir,
                               env=_env(self.cli_home, self.token), capture_output=True, text=True,
                               timeout=60)
         try:
@@ -168,7 +166,7 @@ class LocalDeployment:
     def run(self, config_file: Path, timeout: float | None = None,
             on_poll: Callable[[], None] | None = None) -> int:
         """Submit the app with ``flwr run --stream`` and wait for the run; returns its exit code."""
-        cmd = [_tool("flwr"), "run", str(self.app_dir), "--run-config", str(config_file), "--stream"]
+        cmd = [console_tool("flwr"), "run", str(self.app_dir), "--run-config", str(config_file), "--stream"]
         runner = self._spawn("flwr-run", cmd, self.cli_home)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -183,13 +181,13 @@ class LocalDeployment:
                 on_poll()
             return int(runner.returncode)
         finally:
-            _stop(runner)
+            stop_process(runner)
 
     def stop(self) -> None:
         """Stop every process started here (SuperNodes first) and wait until all are gone, close
         the logs; safe to repeat."""
         for name in sorted(self.procs, key=lambda n: n == "superlink"):
-            _stop(self.procs[name], grace=10.0)
+            stop_process(self.procs[name], grace=10.0)
         left = end_launch(self.token)  # what Flower started in sessions of its own
         for log in self._logs:
             log.close()
@@ -219,72 +217,3 @@ def parse_node_args(nodes: Sequence[str] | None, count: int | None) -> list[str]
 def nodes_needed(cfg: Any) -> int:
     """How many SuperNodes a run waits for before its first round (the strategy's minimum)."""
     return max(cfg.fleet.min_clients, cfg.fleet.clients_per_round)
-
-
-def cmd_deploy_local(args: argparse.Namespace) -> int:
-    """``deploy-local``: the run on a local SuperLink + SuperNodes (deployment engine)."""
-    from fedprune.cli import LAUNCH_LOCK, RunLock, UsageError, _new_run_dir, _progress, prepare_run_dir, \
-        read_config, validate_for_run
-    from fedprune.results import CONFIG_FILE, SUMMARY_FILE
-
-    cfg = read_config(args.config)
-    validate_for_run(cfg, args.config)
-    nodes = parse_node_args(args.node, args.nodes)
-    if len(nodes) < nodes_needed(cfg):
-        raise UsageError(f"{len(nodes)} --node(s) given but {args.config} needs {nodes_needed(cfg)} "
-                         f"(fleet.min-clients = {cfg.fleet.min_clients}, clients-per-round = "
-                         f"{cfg.fleet.clients_per_round}); add --node options or lower min-clients")
-    with RunLock(_new_run_dir(cfg, args.out), LAUNCH_LOCK):
-        cfg, run_dir = prepare_run_dir(cfg, args.out, None)
-        args.run_dir = run_dir  # named by the interruption message
-        print(f"fedprune: deploying {cfg.run.name!r} on a local SuperLink with {len(nodes)} SuperNodes "
-              f"-> {run_dir}", flush=True)
-        t0 = time.perf_counter()
-        progress, poll = _progress(run_dir, cfg.run.num_rounds)
-        with LocalDeployment(run_dir / "deployment", nodes) as dep, progress:
-            dep.wait_for_nodes(nodes_needed(cfg), args.startup_timeout)
-            code = dep.run(run_dir / CONFIG_FILE, timeout=args.timeout, on_poll=poll)
-    if not (run_dir / SUMMARY_FILE).is_file():
-        print(f"error: the run ended (flwr exit code {code}) without a summary; logs in "
-              f"{run_dir / 'deployment'}", file=sys.stderr)
-        return 1
-    print(f"fedprune: done in {time.perf_counter() - t0:.1f} s; results in {run_dir}")
-    return 0
-
-
-def add_deploy_parser(sub: Any) -> None:
-    """Register ``fedprune deploy-local`` on the CLI's sub-parsers."""
-    d = sub.add_parser("deploy-local", help="run on a local Flower SuperLink + SuperNodes "
-                       "(deployment engine, loopback)")
-    _fill_parser(d)
-    d.set_defaults(func=cmd_deploy_local)
-
-
-def _fill_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment TOML file")
-    p.add_argument("--out", help="results folder (default: results/<run.name>)")
-    p.add_argument("--node", action="append", metavar="NODE_CONFIG",
-                   help="one SuperNode's --node-config, e.g. 'partition-id=0 num-partitions=2 "
-                        "budget-mb=6' (repeat per node)")
-    p.add_argument("--nodes", type=int, help="without --node: this many plain SuperNodes (default 2)")
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    p.add_argument("--startup-timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="the SuperNodes must connect within this many seconds (default 120)")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fedprune.deploy", description=__doc__.splitlines()[0])
-    _fill_parser(p)
-    args = p.parse_args(argv)
-    from fedprune.cli import RunFolderBusy, UsageError
-    from fedprune.config import ConfigError
-
-    try:
-        return cmd_deploy_local(args)
-    except (ConfigError, UsageError, LaunchError, RunFolderBusy) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

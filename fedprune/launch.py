@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from fedprune.process_tree import LAUNCH_ENV, end_launch, new_launch_token
 
@@ -40,7 +40,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    """Return once something listens on loopback ``port``; ``LaunchError`` if ``proc`` exits first or
+    ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -52,7 +54,9 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
     raise LaunchError(f"flower-superlink did not open port {port} within {timeout:.0f} s")
 
 
-def _tool(name: str) -> str:
+def console_tool(name: str) -> str:
+    """The path of a console tool (``flwr``, ``flower-superlink``, ``ray``, ...): beside this Python
+    first, else on PATH; ``LaunchError`` when neither has it."""
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
     if not found:
@@ -76,7 +80,8 @@ def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End ``proc`` and its process group: SIGTERM, then SIGKILL after ``grace`` seconds; waits."""
     if proc.poll() is not None:
         return
     try:
@@ -103,6 +108,13 @@ class SimulationSpec:
     app_dir: Path = PROJECT_ROOT
     timeout: float | None = None
 
+    @classmethod
+    def for_run(cls, cfg: Any, run_dir: Path) -> "SimulationSpec":
+        """The spec of a prepared results folder (``config.toml`` written) for the config ``cfg``."""
+        return cls(config_file=run_dir / "config.toml", out_dir=run_dir, num_supernodes=cfg.fleet.num_clients,
+                   client_cpus=cfg.simulation.client_cpus, client_gpus=cfg.simulation.client_gpus,
+                   ray_address=cfg.simulation.ray_address)
+
 
 def _end_launch(token: str, procs: list[subprocess.Popen]) -> None:
     """Signal the launch's process groups, then end every process carrying its token, and wait.
@@ -121,7 +133,7 @@ def _end_launch(token: str, procs: list[subprocess.Popen]) -> None:
                     pass
         left = end_launch(token)
         for proc in procs:
-            _stop(proc, grace=1.0)
+            stop_process(proc, grace=1.0)
         if left:
             raise LaunchError(f"processes {left} of the run did not exit; stop them by hand")
     finally:
@@ -159,17 +171,17 @@ def run_flower_simulation(spec: SimulationSpec,
     with open(out / "flwr.log", "ab") as log:
         try:
             procs.append(subprocess.Popen(
-                [_tool("flower-superlink"), "--insecure", "--simulation",
+                [console_tool("flower-superlink"), "--insecure", "--simulation",
                  "--disable-runtime-dependency-installation", "--database", ":flwr-in-memory:",
                  "--host", "127.0.0.1", "--port", str(http_port),
                  "--fleet-api-address", f"127.0.0.1:{fleet_port}",
                  "--control-api-address", f"127.0.0.1:{control_port}"],
                 cwd=spec.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait_port(http_port, 60, procs[0])
+            wait_for_port(http_port, 60, procs[0])
             fed = [f"num-supernodes={spec.num_supernodes}",
                    f"client-resources-num-cpus={_num(spec.client_cpus)}",
                    f"client-resources-num-gpus={_num(spec.client_gpus)}"]
-            cmd = [_tool("flwr"), "run", str(spec.app_dir), "--run-config", str(spec.config_file),
+            cmd = [console_tool("flwr"), "run", str(spec.app_dir), "--run-config", str(spec.config_file),
                    "--federation-config", " ".join(fed), "--stream"]
             procs.append(subprocess.Popen(cmd, cwd=spec.app_dir, env=env, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from fedprune.launch import _tool, free_port
+from fedprune.launch import console_tool, free_port
 from fedprune.results import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,7 @@ def ray_cluster(tmp_path):
     nodes: list[subprocess.Popen] = []
     try:
         nodes.append(_spawn(
-            [_tool("ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+            [console_tool("ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false", f"--dashboard-port={free_port()}",
              f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
              f"--temp-dir={head_tmp}", *_node_ports()], tmp_path / "ray-head.log", env))

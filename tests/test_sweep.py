@@ -17,7 +17,7 @@ import pytest
 
 from fedprune.config import ConfigError
 from fedprune.results import read_metrics, write_json, write_metrics
-from fedprune.sweep import (CHECKPOINT_FILE, LOCK_FILE, MANIFEST_FILE, Sweep, SweepError, expand,
+from fedprune.study.sweep import (CHECKPOINT_FILE, LOCK_FILE, MANIFEST_FILE, Sweep, SweepError, expand,
                             load_sweep, run_ids, run_status)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,7 +371,7 @@ budget-scale = 0.05
 
 def test_a_simulate_run_where_no_client_trained_ends_non_zero(tmp_path, monkeypatch, capsys):
     """The CLI reads the server's summary: every round aggregated nothing -> exit 1, one line."""
-    import fedprune.launch
+    import fedprune.commands.simulate
     from fedprune.cli import main
     from fedprune.server_run import rounds_aggregated
 
@@ -385,7 +385,7 @@ def test_a_simulate_run_where_no_client_trained_ends_non_zero(tmp_path, monkeypa
                                                    "rounds_aggregated": rounds_aggregated(rows)})
         return 0
 
-    monkeypatch.setattr(fedprune.launch, "run_flower_simulation", fake_simulation)
+    monkeypatch.setattr(fedprune.commands.simulate, "run_flower_simulation", fake_simulation)
     (tmp_path / "exp.toml").write_text(BASE.replace("budget-mb = 4.0", "budget-mb = 64.0"))
     assert main(["simulate", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip().splitlines()

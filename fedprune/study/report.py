@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from fedprune.results import atomic_write_text
 from fedprune.study.figures import FIGURES, RUN_FIGURES
 from fedprune.study.markdown import markdown_report
-from fedprune.study.runs import ReportError, collect_runs
+from fedprune.study.runs import collect_runs
 from fedprune.study.tables import csv_text, grouped_rows, round_rows, run_row
 
 
@@ -42,26 +41,3 @@ def make_report(path: str | Path, out: str | Path | None = None, figures: bool =
         atomic_write_text(out_dir / "report_grouped.csv", csv_text(groups))
     atomic_write_text(out_dir / "report.md", markdown_report(kind, src, records, rows, groups, made))
     return Report(kind, out_dir, rows, groups, made)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from fedprune.cli import UsageError
-
-    try:
-        rep = make_report(args.path, args.out, figures=not args.no_figures)
-    except ReportError as err:
-        raise UsageError(str(err)) from None
-    done = sum(1 for r in rep.rows if r["status"] == "done")
-    print(f"fedprune report: {len(rep.rows)} run(s) ({done} finished) -> {rep.out_dir}/report.md, "
-          f"report.csv{', ' + ', '.join(rep.figures) if rep.figures else ''}")
-    return 0
-
-
-def add_report_parser(sub: Any) -> None:
-    """Register ``fedprune report`` on the CLI's subparsers."""
-    r = sub.add_parser("report", help="tables and figures of a run or a sweep",
-                       description="Write report.csv, report.md and PNG figures for a run or sweep folder.")
-    r.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
-    r.add_argument("--out", help="folder for the report (default: RUN_OR_SWEEP_DIR)")
-    r.add_argument("--no-figures", action="store_true", help="tables only")
-    r.set_defaults(func=cmd_report)

@@ -23,7 +23,7 @@ Sweep folder::
     sweep.json   the manifest: every run, its overrides, status, attempts, timings
     runs/<id>/   one ordinary results folder per run (``config.toml``, ``metrics.jsonl``, ``summary.json``)
 
-Each run is launched exactly like ``fedprune simulate`` (``fedprune.cli.prepare_run_dir`` +
+Each run is launched exactly like ``fedprune simulate`` (``fedprune.run_folder.prepare_run_dir`` +
 ``fedprune.launch.run_flower_simulation``). **Resuming**: running the same command again (or
 ``fedprune sweep SWEEP_DIR``) skips every run with a ``summary.json``; an unfinished run with a
 ``checkpoint.npz`` continues from its last round (the server app resumes from the checkpoint); an
@@ -38,7 +38,6 @@ sweeps from working in one folder at once. A sweep in which some run trained no 
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import importlib
 import itertools
@@ -59,6 +58,7 @@ from typing import Any, Callable
 from fedprune.config import (ConfigError, ExperimentConfig, config_from_dict, dumps_toml, load_config,
                              to_dict)
 from fedprune.results import CONFIG_FILE, SUMMARY_FILE, atomic_write_text, read_metrics, write_json
+from fedprune.run_folder import prepare_run_dir
 
 SWEEP_FILE, BASE_FILE, MANIFEST_FILE, LOCK_FILE, RUNS_DIR = (
     "sweep.toml", "base.toml", "sweep.json", ".sweep.lock", "runs")
@@ -350,17 +350,7 @@ def flower_runner(cfg: ExperimentConfig, run_dir: Path, on_poll: Callable[[], No
     """Run one prepared results folder with Flower, exactly as ``fedprune simulate`` does."""
     from fedprune.launch import SimulationSpec, run_flower_simulation
 
-    spec = SimulationSpec(config_file=run_dir / CONFIG_FILE, out_dir=run_dir,
-                          num_supernodes=cfg.fleet.num_clients,
-                          client_cpus=whole(cfg.simulation.client_cpus),
-                          client_gpus=whole(cfg.simulation.client_gpus),
-                          ray_address=cfg.simulation.ray_address)
-    return run_flower_simulation(spec, on_poll=on_poll)
-
-
-def whole(x: float) -> float:
-    """``1.0`` -> ``1``: flwr 1.41 rejects a float ``client-resources-num-cpus`` in --federation-config."""
-    return int(x) if float(x).is_integer() else x  # type: ignore[return-value]
+    return run_flower_simulation(SimulationSpec.for_run(cfg, run_dir), on_poll=on_poll)
 
 
 def load_runner(ref: str) -> Runner:
@@ -510,8 +500,6 @@ class Sweep:
     # -------------------------------------------------------------- one run
 
     def _execute(self, plan: RunPlan, display: _Display) -> str:
-        from fedprune.cli import prepare_run_dir
-
         run_dir = self.run_dir(plan.id)
         status = run_status(run_dir)
         if status == "done":
@@ -675,54 +663,3 @@ def default_sweep_dir(spec: SweepSpec, out: str | None) -> Path:
 
 
 # ------------------------------------------------------------------------------ CLI
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedprune.preflight import check_data_available
-
-    target = Path(args.sweep)
-    if target.is_dir():  # resume a sweep folder from its own copy of the sweep file
-        if not (target / SWEEP_FILE).is_file():
-            raise SweepError(f"{target}: not a sweep folder (no {SWEEP_FILE})")
-        spec = load_sweep(target / SWEEP_FILE, base_override=target / BASE_FILE)
-        sweep_dir = Path(args.out) if args.out else target
-    else:
-        spec = load_sweep(target)
-        sweep_dir = default_sweep_dir(spec, args.out)
-    runner = load_runner(args.runner) if args.runner else None
-    sweep = Sweep(spec, sweep_dir, runner=runner, parallel=args.parallel, quiet=args.quiet)
-    if args.dry_run:
-        for plan in sweep.plans:
-            print(f"{run_status(sweep.run_dir(plan.id)):9s} {plan.id}")
-        print(f"{len(sweep.plans)} runs -> {sweep.dir}")
-        return 0
-    if runner is None:
-        check_data_available(sweep.plans[0].config)
-    res = sweep.run()
-    print(f"fedprune sweep: {len(res.skipped)} already done, {len(res.done)} done now, "
-          f"{len(res.failed)} failed{', interrupted' if res.interrupted else ''}; results in {res.sweep_dir}")
-    if res.failed:
-        print("failed: " + ", ".join(res.failed) + " (run the same command again to retry them)",
-              file=sys.stderr)
-    if res.interrupted:
-        print(f"resume with: fedprune sweep {res.sweep_dir}", file=sys.stderr)
-        return 130
-    untrained = [p.id for p in sweep.plans if trained_nothing(sweep.run_dir(p.id))]
-    if untrained:
-        print(f"error: no client trained in any round of {len(untrained)} run(s) (their models are the "
-              f"initial ones; see failures in metrics.jsonl): {', '.join(untrained)}", file=sys.stderr)
-    return 1 if res.failed or untrained else 0
-
-
-def add_sweep_parser(sub: Any) -> None:
-    """Register ``fedprune sweep`` on the CLI's subparsers."""
-    s = sub.add_parser("sweep", help="run a grid of simulations (resumable)",
-                       description="Run every point of a sweep file's grid; run it again to resume.")
-    s.add_argument("sweep", metavar="SWEEP", help="sweep TOML file, or an existing sweep folder to resume")
-    s.add_argument("--out", help="sweep folder (default: sweep.out-dir or results/sweeps/<name>)")
-    s.add_argument("--parallel", type=int, default=None,
-                   help="runs at a time (default: sweep.parallel; capped at the CPU cores)")
-    s.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
-    s.add_argument("--quiet", action="store_true", help="no progress display")
-    s.add_argument("--runner", help=argparse.SUPPRESS)  # module:function, for tests
-    s.set_defaults(func=cmd_sweep)
