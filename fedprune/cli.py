@@ -135,7 +135,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fedprune.centralized import run_centralized
+    from fedprune.train.centralized import run_centralized_experiment
 
     cfg = load_config(args.config)
     check_data_available(cfg)
@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("results") / f"{cfg.run.name}-centralized").resolve()
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")
-    summary = run_centralized(cfg, out, epochs=args.epochs)
+    summary = run_centralized_experiment(cfg, out, epochs=args.epochs)
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "final_params", "compression")
                       if k in summary}))
     print(f"fedprune: results in {out}")

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fedprune.data import DATASETS, PARTITIONERS
-from fedprune.methods import (DynHPConfig, LobsterConfig, NEqConfig, SeReNeConfig,
-                              parse_methods)
+from fedprune.memory import LR_RULES
+from fedprune.methods import parse_methods, registry
 from fedprune.models import MODEL_NAMES
 
 
@@ -108,21 +108,18 @@ class TrainSection:
                f"must be >= min-batch ({self.min_batch})")
         _check(self.min_batch <= self.batch_size <= self.max_batch, f"{p}batch-size",
                self.batch_size, f"must be in [min-batch, max-batch] = [{self.min_batch}, {self.max_batch}]")
-        _check(self.lr_scaling in ("none", "linear", "sqrt"), f"{p}lr-scaling", self.lr_scaling,
-               "expected 'none', 'linear' or 'sqrt'")
+        _check(self.lr_scaling in LR_RULES, f"{p}lr-scaling", self.lr_scaling,
+               f"expected one of {', '.join(LR_RULES)}")
         _check(self.lr_schedule in ("constant", "cosine"), f"{p}lr-schedule", self.lr_schedule,
                "expected 'constant' or 'cosine'")
 
 
-@dataclass
-class MethodsSection:
-    enabled: str = "none"  # "+"-joined: none | dynhp | serene | neq | lobster
-    dynhp: DynHPConfig = field(default_factory=DynHPConfig)
-    serene: SeReNeConfig = field(default_factory=SeReNeConfig)
-    neq: NEqConfig = field(default_factory=NEqConfig)
-    lobster: LobsterConfig = field(default_factory=LobsterConfig)
+class _MethodsBase:
+    """``[methods]``: ``enabled`` ("+"-joined method names or ``none``) and one ``[methods.<name>]``
+    table per built-in method of :mod:`fedprune.methods.registry` (its config dataclass)."""
 
     def validate(self, p: str) -> None:
+        """``ConfigError`` naming ``enabled`` when it is not a valid method string."""
         try:
             parse_methods(self.enabled)
         except ValueError as err:
@@ -130,10 +127,20 @@ class MethodsSection:
 
     @property
     def names(self) -> list[str]:
+        """The enabled method names."""
         return parse_methods(self.enabled)
 
     def method_configs(self) -> dict[str, Any]:
-        return {"dynhp": self.dynhp, "serene": self.serene, "neq": self.neq, "lobster": self.lobster}
+        """Method name -> its config object, for every built-in method."""
+        return {e.name: getattr(self, e.name) for e in registry.BUILTIN}
+
+
+MethodsSection = dataclasses.make_dataclass(
+    "MethodsSection",
+    [("enabled", str, field(default="none"))]
+    + [(e.name, e.config_class, field(default_factory=e.config_class)) for e in registry.BUILTIN],
+    bases=(_MethodsBase,))
+MethodsSection.__module__ = __name__
 
 
 BUDGET_KINDS = ("none", "constant", "schedule", "trace", "auto")

@@ -21,7 +21,7 @@ from fedprune.data import load_dataset
 from fedprune.global_model import GlobalModel
 from fedprune.results import CONFIG_FILE, atomic_write_text, read_metrics, write_json, write_metrics
 from fedprune.surgery import count_flops, count_params, export_final_model, format_neurons, neurons_per_layer
-from fedprune.training import evaluate
+from fedprune.train import evaluate
 
 # client metrics averaged over the clients of a round (when present)
 MEAN_KEYS = ("train_loss", "train_accuracy", "val_accuracy", "budget_bytes", "predicted_peak_bytes",
