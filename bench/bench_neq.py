@@ -9,7 +9,7 @@ counts do not matter), test accuracy (and its spread over seeds, the noise floor
 target), and the frozen fraction. ``accuracy_loss_points`` is the mean over seeds of the paired
 (same seed) difference off - on.
 
-Targets (issue 5): >= 20% fewer backprop FLOPs with <= 0.5 point accuracy loss, per model.
+Targets: >= 20% fewer backprop FLOPs with <= 0.5 point accuracy loss, per model.
 
     python bench/bench_neq.py            # full run (see --epochs; minutes on 2 cores)
     python bench/bench_neq.py --quick    # smoke test

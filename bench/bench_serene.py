@@ -1,6 +1,6 @@
 """SeReNe on LeNet-5 / Fashion-MNIST, centralized: compression vs the unpruned model trained as long.
 
-Targets (issue 5): >= 20x fewer parameters with <= 1 point accuracy loss vs the dense model trained
+Targets: >= 20x fewer parameters with <= 1 point accuracy loss vs the dense model trained
 for the same number of epochs. "Parameters" follows the SeReNe table: remaining *non-zero*
 parameters (the structured count of the compact model, i.e. what physically shrank, is reported
 too, with its own compression ratio). Prints the per-layer table in SeReNe form.

@@ -78,7 +78,8 @@ def test_uniform_fleet_uses_the_memory_section():
 
 
 def test_budget_specs_are_accepted_by_the_memory_module():
-    memory = pytest.importorskip("fedprune.memory")
+    from fedprune import memory
+
     cfg = cfg_with(memory={"budget": "trace", "budget-mb": 1.0}, fleet={"budget-scale": 0.01})
     for pid in range(6):
         spec = client_profile(cfg, pid).budget_spec

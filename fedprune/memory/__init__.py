@@ -1,4 +1,4 @@
-"""Memory budgets for local training (issue 4): estimate, measure, size batches, follow budgets.
+"""Memory budgets for local training: estimate, measure, size batches, follow budgets.
 
 Training memory = peak of live tensor-storage bytes during one steady-state training
 step (params, buffers, grads, optimizer state, input batch, saved activations,
