@@ -22,19 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedprune.config_values import ConfigError, parse_float_list
+from fedprune.config_values import check as _check
 from fedprune.data import DATASETS, PARTITIONERS
+from fedprune.fleet import FleetSection
 from fedprune.memory import LR_RULES
 from fedprune.methods import parse_methods, registry
 from fedprune.models import MODEL_NAMES
-
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or out of range; the message is one line."""
-
-
-def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key} = {value!r}: {allowed}")
 
 
 @dataclass
@@ -184,34 +178,6 @@ class MemorySection:
 
 
 @dataclass
-class FleetSection:
-    num_clients: int = 8
-    clients_per_round: int = 0  # 0: all clients train every round
-    min_clients: int = 2  # a round aggregates when at least this many replied
-    devices: str = ""  # device mix "pi-zero-2w:2, pi4-2gb:6" (profile:count, counts sum to num-clients)
-    profiles_file: str = ""  # device profiles TOML; empty: sim_configs/fleets/devices.toml
-    budgets_mb: str = ""  # per-client budgets "4,8,16,..." (one per client; overrides devices)
-    budget_scale: float = 1.0  # multiplies every device/per-client budget
-    methods: str = ""  # per-profile methods "pi-zero-2w=dynhp+neq; pi4-2gb=none" (default: methods.enabled)
-
-    def validate(self, p: str) -> None:
-        _check(self.num_clients >= 1, f"{p}num-clients", self.num_clients, "must be >= 1")
-        _check(0 <= self.clients_per_round <= self.num_clients, f"{p}clients-per-round",
-               self.clients_per_round, f"must be in [0, num-clients={self.num_clients}] (0 = all)")
-        sampled = self.clients_per_round or self.num_clients
-        _check(1 <= self.min_clients <= sampled, f"{p}min-clients", self.min_clients,
-               f"must be in [1, clients sampled per round = {sampled}]")
-        _check(self.budget_scale > 0, f"{p}budget-scale", self.budget_scale, "must be > 0")
-        if self.budgets_mb:
-            values = parse_float_list(self.budgets_mb, f"{p}budgets-mb")
-            _check(len(values) == self.num_clients and min(values) > 0, f"{p}budgets-mb",
-                   self.budgets_mb, f"must list {self.num_clients} budgets > 0 (one per client)")
-        from fedprune.fleet import validate_fleet  # lazy: fedprune.fleet imports this module
-
-        validate_fleet(self, p)
-
-
-@dataclass
 class StrategySection:
     mask_policy: str = "unanimous"  # unanimous: pruned when every client pruned it; quorum: by weight
     quorum: float = 0.5
@@ -278,19 +244,6 @@ class ExperimentConfig:
             _check(m.budget_mb > 0, "memory.budget-mb", m.budget_mb,
                    f"must be > 0 with budget = {m.budget!r} (or give fleet.devices / fleet.budgets-mb)")
         return self
-
-
-def parse_float_list(text: str, key: str) -> list[float]:
-    """Parse '64, 32,48' into floats; ``ConfigError`` naming ``key`` on a bad item."""
-    out = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        try:
-            out.append(float(item))
-        except ValueError:
-            raise ConfigError(f"{key} = {text!r}: {item!r} is not a number") from None
-    return out
 
 
 # ---------------------------------------------------------------- generic dict <-> dataclass
