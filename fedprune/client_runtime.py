@@ -21,7 +21,7 @@ from fedprune.config import ExperimentConfig
 from fedprune.faults import corrupt_reply, describe, draw_fault, fail_before_training
 from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
 from fedprune.global_model import numpy_to_state, state_to_numpy
-from fedprune.memory import make_budget_schedule
+from fedprune.memory import BudgetSpec, make_budget_schedule
 from fedprune.methods import build_methods, prune_to_fit_floor
 from fedprune.models import build_model, example_input
 from fedprune.prune_to_fit import prune_to_fit
@@ -67,7 +67,7 @@ class ClientRuntime:
     """A client's fixed parts: its data, the reference graph, its methods and its budget schedule."""
 
     def __init__(self, cfg: ExperimentConfig, partition_id: int, num_partitions: int,
-                 budget_spec: dict[str, Any] | None = None, methods: list[str] | None = None):
+                 budget_spec: BudgetSpec | None = None, methods: list[str] | None = None):
         self.cfg = cfg
         self.partition_id = partition_id
         info = dataset_info(cfg.data.dataset)
@@ -167,12 +167,13 @@ def _runtime_cached(cfg_key: str, partition_id: int, num_partitions: int,
     from fedprune.config import config_from_dict
     import json
 
+    spec = json.loads(budget_key)
     return ClientRuntime(config_from_dict(json.loads(cfg_key)), partition_id, num_partitions,
-                         budget_spec=json.loads(budget_key))
+                         budget_spec=None if spec is None else BudgetSpec.from_dict(spec))
 
 
 def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int,
-                budget_spec: dict[str, Any] | None = None) -> ClientRuntime:
+                budget_spec: BudgetSpec | None = None) -> ClientRuntime:
     """A process-wide cached ``ClientRuntime`` (data and graph are built once per client).
 
     ``budget_spec`` overrides the budget the run config/fleet gives this partition (a real device's
@@ -183,4 +184,4 @@ def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int,
     from fedprune.config import to_dict
 
     return _runtime_cached(json.dumps(to_dict(cfg), sort_keys=True), partition_id, num_partitions,
-                           json.dumps(budget_spec, sort_keys=True))
+                           json.dumps(None if budget_spec is None else budget_spec.to_dict(), sort_keys=True))

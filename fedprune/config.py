@@ -26,7 +26,7 @@ from fedprune.config_values import ConfigError, parse_float_list
 from fedprune.config_values import check as _check
 from fedprune.data import DATASETS, PARTITIONERS
 from fedprune.fleet import FleetSection
-from fedprune.memory import LR_RULES
+from fedprune.memory import BUDGET_KINDS, LR_RULES, BudgetSpec
 from fedprune.methods import parse_methods, registry
 from fedprune.models import MODEL_NAMES
 
@@ -137,9 +137,6 @@ MethodsSection = dataclasses.make_dataclass(
 MethodsSection.__module__ = __name__
 
 
-BUDGET_KINDS = ("none", "constant", "schedule", "trace", "auto")
-
-
 @dataclass
 class MemorySection:
     budget: str = "none"  # none | constant | schedule | trace | auto
@@ -163,18 +160,34 @@ class MemorySection:
         _check(self.reserve_mb >= 0, f"{p}reserve-mb", self.reserve_mb, "must be >= 0")
         _check(0 <= self.margin < 1, f"{p}margin", self.margin, "must be in [0, 1)")
 
-    def schedule_spec(self) -> dict[str, Any] | None:
-        """The budget spec for ``fedprune.memory.make_budget_schedule`` (``None``: no budget)."""
-        if self.budget == "none":
-            return None
-        if self.budget == "constant":
-            return {"kind": "constant", "mb": self.budget_mb}
-        if self.budget == "schedule":
-            return {"kind": "schedule", "mb": parse_float_list(self.schedule_mb, "schedule-mb")}
-        if self.budget == "trace":
-            return {"kind": "trace", "mb": self.budget_mb, "low": self.trace_low,
-                    "high": self.trace_high}
-        return {"kind": "auto", "reserve_mb": self.reserve_mb}
+    def schedule_spec(self) -> BudgetSpec | None:
+        """The budget spec of these settings (``None``: no budget); see :meth:`spec_at`."""
+        return self.spec_at(None)
+
+    def spec_at(self, level_mb: float | None) -> BudgetSpec | None:
+        """The one place budget specs are built from the ``[memory]`` settings.
+
+        ``level_mb`` None: the settings as they are (``none`` gives ``None``). A level (a fleet
+        client's budget in MB): ``trace`` around that level; ``schedule`` rescaled so that its
+        reference (``budget-mb`` when > 0, else its largest value) equals the level; ``none``,
+        ``constant`` and ``auto`` a constant budget at the level (a device always has one).
+        """
+        kind = self.budget
+        if level_mb is None:
+            if kind == "none":
+                return None
+            if kind == "auto":
+                return BudgetSpec("auto", reserve_mb=self.reserve_mb)
+        mb = self.budget_mb if level_mb is None else level_mb
+        if kind == "trace":
+            return BudgetSpec("trace", mb=mb, low=self.trace_low, high=self.trace_high)
+        if kind == "schedule":
+            values = parse_float_list(self.schedule_mb, "memory.schedule-mb")
+            if level_mb is not None:
+                ref = self.budget_mb if self.budget_mb > 0 else max(values)
+                values = [v * level_mb / ref for v in values]
+            return BudgetSpec("schedule", mb=tuple(values))
+        return BudgetSpec("constant", mb=mb)
 
 
 @dataclass

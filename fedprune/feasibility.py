@@ -52,7 +52,7 @@ def check_budgets(cfg: ExperimentConfig) -> None:
     for pid in range(cfg.fleet.num_clients):
         profile = client_profile(cfg, pid)
         spec = profile.budget_spec
-        if spec is None or spec.get("kind") == "auto":
+        if spec is None or spec.kind == "auto":
             continue
         schedule = make_budget_schedule(spec, seed=cfg.run.seed, client_id=pid)
         lowest = min(schedule.budget_bytes(r) for r in range(1, cfg.run.num_rounds + 1))

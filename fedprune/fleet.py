@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedprune.config_values import ConfigError, check, parse_float_list
+from fedprune.memory import BudgetSpec
 from fedprune.methods import parse_methods
 
 if TYPE_CHECKING:  # annotations only: fedprune.config imports this module for FleetSection
@@ -71,24 +72,13 @@ class ClientProfile:
     """What a client is: its device name, its budget spec (``None``: unbounded) and its methods."""
 
     device: str
-    budget_spec: dict[str, Any] | None
+    budget_spec: BudgetSpec | None
     methods: list[str]
 
     @property
     def budget_mb(self) -> float | None:
         """The reference level of the budget in MB (``None`` for no budget or ``auto``)."""
-        return spec_reference_mb(self.budget_spec)
-
-
-def spec_reference_mb(spec: dict[str, Any] | None) -> float | None:
-    """The reference MB of a budget spec: constant/trace level, the schedule's largest value."""
-    if not spec:
-        return None
-    if spec.get("kind") in ("constant", "trace"):
-        return float(spec["mb"])
-    if spec.get("kind") == "schedule":
-        return float(max(spec["mb"]))
-    return None
+        return None if self.budget_spec is None else self.budget_spec.reference_mb
 
 
 # ------------------------------------------------------------------------ profiles file
@@ -281,17 +271,6 @@ def client_devices(cfg: "ExperimentConfig") -> list[str]:
     return ["custom" if f.budgets_mb else "default"] * f.num_clients
 
 
-def _spec_for_level(cfg: "ExperimentConfig", mb: float) -> dict[str, Any]:
-    m = cfg.memory
-    if m.budget == "trace":
-        return {"kind": "trace", "mb": mb, "low": m.trace_low, "high": m.trace_high}
-    if m.budget == "schedule":
-        values = parse_float_list(m.schedule_mb, "memory.schedule-mb")
-        ref = m.budget_mb if m.budget_mb > 0 else max(values)
-        return {"kind": "schedule", "mb": [v * mb / ref for v in values]}
-    return {"kind": "constant", "mb": mb}
-
-
 def client_profile(cfg: "ExperimentConfig", partition_id: int) -> ClientProfile:
     """Device, budget spec and methods of client ``partition_id`` (deterministic; see module doc)."""
     f = cfg.fleet
@@ -306,7 +285,7 @@ def client_profile(cfg: "ExperimentConfig", partition_id: int) -> ClientProfile:
         level = parse_float_list(f.budgets_mb, "fleet.budgets-mb")[partition_id]
     else:
         level = load_profiles(f.profiles_file)[device].budget_mb
-    return ClientProfile(device, _spec_for_level(cfg, level * f.budget_scale), methods)
+    return ClientProfile(device, cfg.memory.spec_at(level * f.budget_scale), methods)
 
 
 def fleet_table(cfg: "ExperimentConfig") -> list[dict[str, Any]]:
@@ -315,6 +294,6 @@ def fleet_table(cfg: "ExperimentConfig") -> list[dict[str, Any]]:
     for pid in range(cfg.fleet.num_clients):
         p = client_profile(cfg, pid)
         rows.append({"partition_id": pid, "device": p.device,
-                     "budget_kind": (p.budget_spec or {}).get("kind", "none"),
+                     "budget_kind": p.budget_spec.kind if p.budget_spec else "none",
                      "budget_mb": p.budget_mb, "methods": "+".join(p.methods) or "none"})
     return rows
