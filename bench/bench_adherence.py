@@ -3,7 +3,7 @@
 Each client is a real ``ClientRuntime`` (the code a Flower client runs) training LeNet-5 on its
 Fashion-MNIST partition with DynHP for a few rounds, the model passed from round to round as in
 federated training with one client. The budget is a fraction of the dense model's predicted training
-peak at the default batch (``train.batch-size``). Targets (issue 4): the measured peak never exceeds
+peak at the default batch (``train.batch-size``). Targets: the measured peak never exceeds
 the budget (zero violations), and mean utilization (measured / budget) is >= 90% once pruning has
 freed memory (rounds after the first).
 

@@ -5,7 +5,7 @@ run starts at that batch; as DynHP removes neurons the trainer reinvests the fre
 larger batch (learning rate scaled by sqrt of the batch ratio). Compared with the dense model
 trained for the same epochs at the starting batch without a budget.
 
-Targets (issue 5): >= 5x fewer parameters; >= 50% lower peak training memory than the dense model
+Targets: >= 5x fewer parameters; >= 50% lower peak training memory than the dense model
 at the same starting batch (measured: one real steady-state step of each at that batch, live
 tensor bytes); <= 2 points accuracy loss; and the batch-size trajectory.
 
@@ -28,12 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import machine_info, write_result  # noqa: E402
 
 from fedprune.memory import OptimizerSpec, estimate_training_memory, measure_training_memory  # noqa: E402
 from fedprune.methods import DynHPConfig  # noqa: E402
 from fedprune.models import build_model  # noqa: E402
-from fedprune.training import TrainConfig, machine_info, run_centralized  # noqa: E402
+from fedprune.train import TrainConfig  # noqa: E402
+from fedprune.train.centralized import run_centralized  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
 
     base_cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=a.lr, batch_size=a.batch, optimizer=opt,
-                           seed=a.seed)
+                           seed=a.seed, min_batch=1, max_batch=1024)
     print(f"dense baseline: lenet5, batch {a.batch}, {epochs} epochs, no budget")
     base, _ = run_centralized("lenet5", base_cfg, "none", log=log, **sub)
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from fedprune.memory import MIB, OptimizerSpec, clear_cache, estimate_training_memory, max_batch_size, \
     measure_training_memory  # noqa: E402
 from fedprune.models import MODEL_NAMES, build_model  # noqa: E402
-from fedprune.training import machine_info  # noqa: E402
+from common import machine_info  # noqa: E402
 
 SHAPE = (1, 28, 28)
 OPTIMIZERS = {"sgd": OptimizerSpec("sgd", momentum=0.9), "adam": OptimizerSpec("adam")}

@@ -9,7 +9,7 @@ counts do not matter), test accuracy (and its spread over seeds, the noise floor
 target), and the frozen fraction. ``accuracy_loss_points`` is the mean over seeds of the paired
 (same seed) difference off - on.
 
-Targets (issue 5): >= 20% fewer backprop FLOPs with <= 0.5 point accuracy loss, per model.
+Targets: >= 20% fewer backprop FLOPs with <= 0.5 point accuracy loss, per model.
 
     python bench/bench_neq.py            # full run (see --epochs; minutes on 2 cores)
     python bench/bench_neq.py --quick    # smoke test
@@ -29,11 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import machine_info, write_result  # noqa: E402
 
 from fedprune.memory import OptimizerSpec  # noqa: E402
 from fedprune.methods import NEqConfig  # noqa: E402
-from fedprune.training import TrainConfig, machine_info, run_centralized  # noqa: E402
+from fedprune.train import TrainConfig  # noqa: E402
+from fedprune.train.centralized import run_centralized  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,7 +71,7 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
     per_seed = []
     for seed in seeds:
         cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=lr, batch_size=batch, seed=seed,
-                          optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
+                          min_batch=1, max_batch=1024, optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
         print(f"{model} seed {seed}: NEq off, {epochs} epochs", flush=True)
         off, _ = run_centralized(model, cfg, "none", log=log, **sub)
         print(f"{model} seed {seed}: NEq on, {epochs} epochs, {ncfg}", flush=True)

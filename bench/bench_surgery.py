@@ -35,7 +35,7 @@ from fedprune.models import build_model, example_input
 from fedprune.surgery import (FoldedConv2d, NeuronGraph, NeuronMask, count_flops, count_params,
                               format_neurons, model_bytes, neurons_per_layer)
 from fedprune.surgery.testing import randomize_constants
-from fedprune.training import machine_info  # noqa: E402
+from common import machine_info  # noqa: E402
 
 TARGET = 0.7
 

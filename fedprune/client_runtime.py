@@ -18,14 +18,15 @@ import numpy as np
 
 from fedprune.client_state import load_client_state, save_client_state
 from fedprune.config import ExperimentConfig
-from fedprune.fit import prune_to_fit
 from fedprune.faults import corrupt_reply, describe, draw_fault, fail_before_training
 from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
 from fedprune.global_model import numpy_to_state, state_to_numpy
-from fedprune.memory import OptimizerSpec, make_budget_schedule
+from fedprune.memory import BudgetSpec, make_budget_schedule
+from fedprune.methods import build_methods, prune_to_fit_floor
 from fedprune.models import build_model, example_input
+from fedprune.prune_to_fit import prune_to_fit
 from fedprune.surgery import NeuronGraph, NeuronMask
-from fedprune.training import ClientData, TrainConfig, train_local
+from fedprune.train import ClientData, TrainConfig, train_local
 
 
 @dataclass
@@ -62,22 +63,11 @@ def client_data(cfg: ExperimentConfig, partition_id: int, num_partitions: int) -
     return ClientData(a.x, a.y, b.x, b.y)
 
 
-def train_config(cfg: ExperimentConfig) -> TrainConfig:
-    """The trainer's settings from the experiment config."""
-    t = cfg.train
-    return TrainConfig(
-        epochs=t.local_epochs, lr=t.lr,
-        optimizer=OptimizerSpec(name=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay),
-        batch_size=t.batch_size, min_batch=t.min_batch, max_batch=t.max_batch,
-        lr_scaling=t.lr_scaling, lr_schedule=t.lr_schedule, seed=cfg.run.seed, device="cpu",
-    )
-
-
 class ClientRuntime:
     """A client's fixed parts: its data, the reference graph, its methods and its budget schedule."""
 
     def __init__(self, cfg: ExperimentConfig, partition_id: int, num_partitions: int,
-                 budget_spec: dict[str, Any] | None = None, methods: list[str] | None = None):
+                 budget_spec: BudgetSpec | None = None, methods: list[str] | None = None):
         self.cfg = cfg
         self.partition_id = partition_id
         info = dataset_info(cfg.data.dataset)
@@ -103,7 +93,8 @@ class ClientRuntime:
         self.schedule = (make_budget_schedule(spec, seed=cfg.run.seed, client_id=partition_id)
                          if spec else None)
         self.methods = methods if methods is not None else cfg.methods.names
-        self.train_cfg = train_config(cfg)
+        self.train_cfg = TrainConfig.from_section(cfg.train, cfg.run.seed)
+        self.prune_floor = prune_to_fit_floor(build_methods(self.methods, cfg.methods.method_configs()))
 
     def budget_bytes(self, server_round: int) -> int | None:
         """This client's memory budget for a round (``None``: unbounded)."""
@@ -115,6 +106,26 @@ class ClientRuntime:
         if out and (Path(out) / "config.toml").is_file():
             return Path(out)
         return None
+
+    def _train_fitting(self, model, mask, cfg, budget, method_state, server_round):
+        """``train_local``; when the model does not fit and a method may prune to fit, prune it to a
+        share of the budget (the methods' own tensors and extra passes need the rest) and try again,
+        with less each time. Returns (result, neurons pruned to fit)."""
+        pre_pruned, share = 0, 1.0
+        for _ in range(8):
+            result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
+                                 self.cfg.methods.method_configs(), budget, method_state,
+                                 round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
+            if not (result.metrics.get("does_not_fit") and budget is not None and self.prune_floor is not None):
+                break
+            fitted = prune_to_fit(model, mask, self.graph, int(budget * share), self.input_shape,
+                                  cfg.optimizer, cfg.min_batch, self.cfg.memory.margin, self.prune_floor)
+            share *= 0.8
+            if fitted is None:
+                break
+            pre_pruned += int(mask.num_alive() - fitted[1].num_alive())
+            model, mask = fitted
+        return result, pre_pruned
 
     def train_round(self, arrays: Mapping[str, np.ndarray], mask_arrays: Mapping[str, np.ndarray],
                     server_round: int, method_state: dict[str, Any] | None) -> ClientReply:
@@ -137,23 +148,7 @@ class ClientRuntime:
         # a seed per (run, client, round): a resumed run trains exactly like an uninterrupted one
         seed = (self.cfg.run.seed * 1_000_003 + self.partition_id * 1009 + server_round) % 2**31
         cfg = dataclasses.replace(self.train_cfg, seed=seed)
-        pre_pruned, share = 0, 1.0
-        for _ in range(8):
-            result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
-                                 self.cfg.methods.method_configs(), budget, method_state,
-                                 round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
-            if not (result.metrics.get("does_not_fit") and budget is not None and "dynhp" in self.methods):
-                break
-            # DynHP may prune further to fit at all: shrink to a share of the budget (the methods'
-            # own tensors and extra passes need the rest), try again with less each time
-            fitted = prune_to_fit(model, mask, self.graph, int(budget * share), self.input_shape,
-                                  cfg.optimizer, cfg.min_batch, self.cfg.memory.margin,
-                                  self.cfg.methods.dynhp.min_neurons)
-            share *= 0.8
-            if fitted is None:
-                break
-            pre_pruned += int(mask.num_alive() - fitted[1].num_alive())
-            model, mask = fitted
+        result, pre_pruned = self._train_fitting(model, mask, cfg, budget, method_state, server_round)
         if state_dir is not None and result.method_state:
             save_client_state(state_dir, self.partition_id, server_round, result.method_state)
         metrics = dict(result.metrics)
@@ -172,12 +167,13 @@ def _runtime_cached(cfg_key: str, partition_id: int, num_partitions: int,
     from fedprune.config import config_from_dict
     import json
 
+    spec = json.loads(budget_key)
     return ClientRuntime(config_from_dict(json.loads(cfg_key)), partition_id, num_partitions,
-                         budget_spec=json.loads(budget_key))
+                         budget_spec=None if spec is None else BudgetSpec.from_dict(spec))
 
 
 def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int,
-                budget_spec: dict[str, Any] | None = None) -> ClientRuntime:
+                budget_spec: BudgetSpec | None = None) -> ClientRuntime:
     """A process-wide cached ``ClientRuntime`` (data and graph are built once per client).
 
     ``budget_spec`` overrides the budget the run config/fleet gives this partition (a real device's
@@ -188,4 +184,4 @@ def get_runtime(cfg: ExperimentConfig, partition_id: int, num_partitions: int,
     from fedprune.config import to_dict
 
     return _runtime_cached(json.dumps(to_dict(cfg), sort_keys=True), partition_id, num_partitions,
-                           json.dumps(budget_spec, sort_keys=True))
+                           json.dumps(None if budget_spec is None else budget_spec.to_dict(), sort_keys=True))

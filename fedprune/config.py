@@ -23,19 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedprune.config_values import ConfigError, parse_float_list
+from fedprune.config_values import check as _check
 from fedprune.data import DATASETS, PARTITIONERS
-from fedprune.methods import (DynHPConfig, LobsterConfig, NEqConfig, SeReNeConfig,
-                              parse_methods)
+from fedprune.fleet import FleetSection
+from fedprune.memory import BUDGET_KINDS, LR_RULES, BudgetSpec
+from fedprune.methods import parse_methods, registry
 from fedprune.models import MODEL_NAMES
-
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or out of range; the message is one line."""
-
-
-def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key} = {value!r}: {allowed}")
 
 
 @dataclass
@@ -109,21 +103,18 @@ class TrainSection:
                f"must be >= min-batch ({self.min_batch})")
         _check(self.min_batch <= self.batch_size <= self.max_batch, f"{p}batch-size",
                self.batch_size, f"must be in [min-batch, max-batch] = [{self.min_batch}, {self.max_batch}]")
-        _check(self.lr_scaling in ("none", "linear", "sqrt"), f"{p}lr-scaling", self.lr_scaling,
-               "expected 'none', 'linear' or 'sqrt'")
+        _check(self.lr_scaling in LR_RULES, f"{p}lr-scaling", self.lr_scaling,
+               f"expected one of {', '.join(LR_RULES)}")
         _check(self.lr_schedule in ("constant", "cosine"), f"{p}lr-schedule", self.lr_schedule,
                "expected 'constant' or 'cosine'")
 
 
-@dataclass
-class MethodsSection:
-    enabled: str = "none"  # "+"-joined: none | dynhp | serene | neq | lobster
-    dynhp: DynHPConfig = field(default_factory=DynHPConfig)
-    serene: SeReNeConfig = field(default_factory=SeReNeConfig)
-    neq: NEqConfig = field(default_factory=NEqConfig)
-    lobster: LobsterConfig = field(default_factory=LobsterConfig)
+class _MethodsBase:
+    """``[methods]``: ``enabled`` ("+"-joined method names or ``none``) and one ``[methods.<name>]``
+    table per built-in method of :mod:`fedprune.methods.registry` (its config dataclass)."""
 
     def validate(self, p: str) -> None:
+        """``ConfigError`` naming ``enabled`` when it is not a valid method string."""
         try:
             parse_methods(self.enabled)
         except ValueError as err:
@@ -131,13 +122,20 @@ class MethodsSection:
 
     @property
     def names(self) -> list[str]:
+        """The enabled method names."""
         return parse_methods(self.enabled)
 
     def method_configs(self) -> dict[str, Any]:
-        return {"dynhp": self.dynhp, "serene": self.serene, "neq": self.neq, "lobster": self.lobster}
+        """Method name -> its config object, for every built-in method."""
+        return {e.name: getattr(self, e.name) for e in registry.BUILTIN}
 
 
-BUDGET_KINDS = ("none", "constant", "schedule", "trace", "auto")
+MethodsSection = dataclasses.make_dataclass(
+    "MethodsSection",
+    [("enabled", str, field(default="none"))]
+    + [(e.name, e.config_class, field(default_factory=e.config_class)) for e in registry.BUILTIN],
+    bases=(_MethodsBase,))
+MethodsSection.__module__ = __name__
 
 
 @dataclass
@@ -163,46 +161,34 @@ class MemorySection:
         _check(self.reserve_mb >= 0, f"{p}reserve-mb", self.reserve_mb, "must be >= 0")
         _check(0 <= self.margin < 1, f"{p}margin", self.margin, "must be in [0, 1)")
 
-    def schedule_spec(self) -> dict[str, Any] | None:
-        """The budget spec for ``fedprune.memory.make_budget_schedule`` (``None``: no budget)."""
-        if self.budget == "none":
-            return None
-        if self.budget == "constant":
-            return {"kind": "constant", "mb": self.budget_mb}
-        if self.budget == "schedule":
-            return {"kind": "schedule", "mb": parse_float_list(self.schedule_mb, "schedule-mb")}
-        if self.budget == "trace":
-            return {"kind": "trace", "mb": self.budget_mb, "low": self.trace_low,
-                    "high": self.trace_high}
-        return {"kind": "auto", "reserve_mb": self.reserve_mb}
+    def schedule_spec(self) -> BudgetSpec | None:
+        """The budget spec of these settings (``None``: no budget); see :meth:`spec_at`."""
+        return self.spec_at(None)
 
+    def spec_at(self, level_mb: float | None) -> BudgetSpec | None:
+        """The one place budget specs are built from the ``[memory]`` settings.
 
-@dataclass
-class FleetSection:
-    num_clients: int = 8
-    clients_per_round: int = 0  # 0: all clients train every round
-    min_clients: int = 2  # a round aggregates when at least this many replied
-    devices: str = ""  # device mix "pi-zero-2w:2, pi4-2gb:6" (profile:count, counts sum to num-clients)
-    profiles_file: str = ""  # device profiles TOML; empty: sim_configs/fleets/devices.toml
-    budgets_mb: str = ""  # per-client budgets "4,8,16,..." (one per client; overrides devices)
-    budget_scale: float = 1.0  # multiplies every device/per-client budget
-    methods: str = ""  # per-profile methods "pi-zero-2w=dynhp+neq; pi4-2gb=none" (default: methods.enabled)
-
-    def validate(self, p: str) -> None:
-        _check(self.num_clients >= 1, f"{p}num-clients", self.num_clients, "must be >= 1")
-        _check(0 <= self.clients_per_round <= self.num_clients, f"{p}clients-per-round",
-               self.clients_per_round, f"must be in [0, num-clients={self.num_clients}] (0 = all)")
-        sampled = self.clients_per_round or self.num_clients
-        _check(1 <= self.min_clients <= sampled, f"{p}min-clients", self.min_clients,
-               f"must be in [1, clients sampled per round = {sampled}]")
-        _check(self.budget_scale > 0, f"{p}budget-scale", self.budget_scale, "must be > 0")
-        if self.budgets_mb:
-            values = parse_float_list(self.budgets_mb, f"{p}budgets-mb")
-            _check(len(values) == self.num_clients and min(values) > 0, f"{p}budgets-mb",
-                   self.budgets_mb, f"must list {self.num_clients} budgets > 0 (one per client)")
-        from fedprune.fleet import validate_fleet  # lazy: fedprune.fleet imports this module
-
-        validate_fleet(self, p)
+        ``level_mb`` None: the settings as they are (``none`` gives ``None``). A level (a fleet
+        client's budget in MB): ``trace`` around that level; ``schedule`` rescaled so that its
+        reference (``budget-mb`` when > 0, else its largest value) equals the level; ``none``,
+        ``constant`` and ``auto`` a constant budget at the level (a device always has one).
+        """
+        kind = self.budget
+        if level_mb is None:
+            if kind == "none":
+                return None
+            if kind == "auto":
+                return BudgetSpec("auto", reserve_mb=self.reserve_mb)
+        mb = self.budget_mb if level_mb is None else level_mb
+        if kind == "trace":
+            return BudgetSpec("trace", mb=mb, low=self.trace_low, high=self.trace_high)
+        if kind == "schedule":
+            values = parse_float_list(self.schedule_mb, "memory.schedule-mb")
+            if level_mb is not None:
+                ref = self.budget_mb if self.budget_mb > 0 else max(values)
+                values = [v * level_mb / ref for v in values]
+            return BudgetSpec("schedule", mb=tuple(values))
+        return BudgetSpec("constant", mb=mb)
 
 
 @dataclass
@@ -273,21 +259,6 @@ class ExperimentConfig:
             _check(m.budget_mb > 0, "memory.budget-mb", m.budget_mb,
                    f"must be > 0 with budget = {m.budget!r} (or give fleet.devices / fleet.budgets-mb)")
         return self
-
-
-def parse_float_list(text: str, key: str) -> list[float]:
-    """Parse '64, 32,48' into floats; ``ConfigError`` naming ``key`` on a bad item."""
-    out = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        try:
-            out.append(float(item))
-        except ValueError:
-            raise ConfigError(f"{key} = {text!r}: {item!r} is not a number") from None
-        if not math.isfinite(out[-1]):
-            raise ConfigError(f"{key} = {text!r}: {item!r} is not a finite number")
-    return out
 
 
 # ---------------------------------------------------------------- generic dict <-> dataclass

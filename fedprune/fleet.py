@@ -30,10 +30,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedprune.config_values import ConfigError, check, parse_float_list
+from fedprune.memory import BudgetSpec
 from fedprune.methods import parse_methods
 
-if TYPE_CHECKING:  # config imports this module lazily; avoid the cycle at import time
-    from fedprune.config import ExperimentConfig, FleetSection
+if TYPE_CHECKING:  # annotations only: fedprune.config imports this module for FleetSection
+    from fedprune.config import ExperimentConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILES = PROJECT_ROOT / "sim_configs" / "fleets" / "devices.toml"
@@ -43,8 +45,6 @@ PROFILE_KEYS = ("description", "cpu", "ram-mb", "ram-bytes", "train-share", "tra
 
 
 def _config_error(msg: str) -> Exception:
-    from fedprune.config import ConfigError
-
     return ConfigError(msg)
 
 
@@ -72,24 +72,13 @@ class ClientProfile:
     """What a client is: its device name, its budget spec (``None``: unbounded) and its methods."""
 
     device: str
-    budget_spec: dict[str, Any] | None
+    budget_spec: BudgetSpec | None
     methods: list[str]
 
     @property
     def budget_mb(self) -> float | None:
         """The reference level of the budget in MB (``None`` for no budget or ``auto``)."""
-        return spec_reference_mb(self.budget_spec)
-
-
-def spec_reference_mb(spec: dict[str, Any] | None) -> float | None:
-    """The reference MB of a budget spec: constant/trace level, the schedule's largest value."""
-    if not spec:
-        return None
-    if spec.get("kind") in ("constant", "trace"):
-        return float(spec["mb"])
-    if spec.get("kind") == "schedule":
-        return float(max(spec["mb"]))
-    return None
+        return None if self.budget_spec is None else self.budget_spec.reference_mb
 
 
 # ------------------------------------------------------------------------ profiles file
@@ -214,7 +203,7 @@ def parse_fleet_methods(text: str, key: str = "fleet.methods") -> dict[str, list
     return out
 
 
-def validate_fleet(fleet: "FleetSection", prefix: str = "fleet.") -> None:
+def validate_fleet(fleet: FleetSection, prefix: str = "fleet.") -> None:
     """Check devices, profiles file and per-profile methods; ``ConfigError`` naming the key."""
     if not fleet.devices and not fleet.methods:
         return
@@ -242,6 +231,34 @@ def validate_fleet(fleet: "FleetSection", prefix: str = "fleet.") -> None:
                 raise _config_error(f"{prefix}methods = {fleet.methods!r}: profile {name!r} {where}")
 
 
+@dataclass
+class FleetSection:
+    """``[fleet]``: how many clients, which devices, their budgets and methods (see module doc)."""
+
+    num_clients: int = 8
+    clients_per_round: int = 0  # 0: all clients train every round
+    min_clients: int = 2  # a round aggregates when at least this many replied
+    devices: str = ""  # device mix "pi-zero-2w:2, pi4-2gb:6" (profile:count, counts sum to num-clients)
+    profiles_file: str = ""  # device profiles TOML; empty: sim_configs/fleets/devices.toml
+    budgets_mb: str = ""  # per-client budgets "4,8,16,..." (one per client; overrides devices)
+    budget_scale: float = 1.0  # multiplies every device/per-client budget
+    methods: str = ""  # per-profile methods "pi-zero-2w=dynhp+neq; pi4-2gb=none" (default: methods.enabled)
+
+    def validate(self, p: str) -> None:
+        check(self.num_clients >= 1, f"{p}num-clients", self.num_clients, "must be >= 1")
+        check(0 <= self.clients_per_round <= self.num_clients, f"{p}clients-per-round",
+              self.clients_per_round, f"must be in [0, num-clients={self.num_clients}] (0 = all)")
+        sampled = self.clients_per_round or self.num_clients
+        check(1 <= self.min_clients <= sampled, f"{p}min-clients", self.min_clients,
+              f"must be in [1, clients sampled per round = {sampled}]")
+        check(self.budget_scale > 0, f"{p}budget-scale", self.budget_scale, "must be > 0")
+        if self.budgets_mb:
+            values = parse_float_list(self.budgets_mb, f"{p}budgets-mb")
+            check(len(values) == self.num_clients and min(values) > 0, f"{p}budgets-mb",
+                  self.budgets_mb, f"must list {self.num_clients} budgets > 0 (one per client)")
+        validate_fleet(self, p)
+
+
 # ------------------------------------------------------------------------ per client
 
 
@@ -254,23 +271,8 @@ def client_devices(cfg: "ExperimentConfig") -> list[str]:
     return ["custom" if f.budgets_mb else "default"] * f.num_clients
 
 
-def _spec_for_level(cfg: "ExperimentConfig", mb: float) -> dict[str, Any]:
-    from fedprune.config import parse_float_list
-
-    m = cfg.memory
-    if m.budget == "trace":
-        return {"kind": "trace", "mb": mb, "low": m.trace_low, "high": m.trace_high}
-    if m.budget == "schedule":
-        values = parse_float_list(m.schedule_mb, "memory.schedule-mb")
-        ref = m.budget_mb if m.budget_mb > 0 else max(values)
-        return {"kind": "schedule", "mb": [v * mb / ref for v in values]}
-    return {"kind": "constant", "mb": mb}
-
-
 def client_profile(cfg: "ExperimentConfig", partition_id: int) -> ClientProfile:
     """Device, budget spec and methods of client ``partition_id`` (deterministic; see module doc)."""
-    from fedprune.config import parse_float_list
-
     f = cfg.fleet
     if not f.devices and not f.budgets_mb:  # a uniform fleet: any partition id (real devices too)
         return ClientProfile("default", cfg.memory.schedule_spec(), list(cfg.methods.names))
@@ -283,7 +285,7 @@ def client_profile(cfg: "ExperimentConfig", partition_id: int) -> ClientProfile:
         level = parse_float_list(f.budgets_mb, "fleet.budgets-mb")[partition_id]
     else:
         level = load_profiles(f.profiles_file)[device].budget_mb
-    return ClientProfile(device, _spec_for_level(cfg, level * f.budget_scale), methods)
+    return ClientProfile(device, cfg.memory.spec_at(level * f.budget_scale), methods)
 
 
 def fleet_table(cfg: "ExperimentConfig") -> list[dict[str, Any]]:
@@ -292,6 +294,6 @@ def fleet_table(cfg: "ExperimentConfig") -> list[dict[str, Any]]:
     for pid in range(cfg.fleet.num_clients):
         p = client_profile(cfg, pid)
         rows.append({"partition_id": pid, "device": p.device,
-                     "budget_kind": (p.budget_spec or {}).get("kind", "none"),
+                     "budget_kind": p.budget_spec.kind if p.budget_spec else "none",
                      "budget_mb": p.budget_mb, "methods": "+".join(p.methods) or "none"})
     return rows

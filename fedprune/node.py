@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fedprune.memory import BudgetSpec
+
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 BUDGET_MB, RESERVE_MB, DATA_DIR = "budget-mb", "reserve-mb", "data-dir"
 NODE_KEYS = (PARTITION_ID, NUM_PARTITIONS, BUDGET_MB, RESERVE_MB, DATA_DIR)
@@ -91,13 +93,13 @@ class NodeSettings:
         """True when the node config sets the budget (it then overrides the run config's)."""
         return self.budget_auto or self.budget_mb is not None
 
-    def budget_spec(self, default_reserve_mb: float = 256.0) -> dict[str, Any] | None:
+    def budget_spec(self, default_reserve_mb: float = 256.0) -> BudgetSpec | None:
         """The budget spec for ``fedprune.memory.make_budget_schedule``; ``None``: not set here."""
         if self.budget_auto:
             reserve = self.reserve_mb if self.reserve_mb is not None else default_reserve_mb
-            return {"kind": "auto", "reserve_mb": float(reserve)}
+            return BudgetSpec("auto", reserve_mb=float(reserve))
         if self.budget_mb is not None:
-            return {"kind": "constant", "mb": float(self.budget_mb)}
+            return BudgetSpec("constant", mb=float(self.budget_mb))
         return None
 
     @property

@@ -79,11 +79,3 @@ def write_metrics(run_dir: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` with exactly ``rows`` (atomic; used after every round)."""
     text = "".join(json.dumps(_json_safe(r), sort_keys=True) + "\n" for r in rows)
     atomic_write_text(Path(run_dir) / METRICS_FILE, text)
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``summary.json``; ``FileNotFoundError`` naming the folder if the run never finished."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE} (the run did not finish)")
-    return json.loads(path.read_text())

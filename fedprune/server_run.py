@@ -23,7 +23,7 @@ from fedprune.results import CONFIG_FILE, atomic_write_text, read_metrics, write
 from fedprune.model_file import ModelArch, export_final_model
 from fedprune.run_lock import WRITER_LOCK, RunLock
 from fedprune.surgery import count_flops, count_params, format_neurons, neurons_per_layer
-from fedprune.training import evaluate
+from fedprune.train import evaluate
 
 # client metrics averaged over the clients of a round (when present)
 MEAN_KEYS = ("train_loss", "train_accuracy", "val_accuracy", "budget_bytes", "predicted_peak_bytes",

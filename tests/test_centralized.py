@@ -6,7 +6,7 @@ import pytest
 
 from fedprune.cli import main
 from fedprune.model_file import load_model
-from fedprune.training import evaluate
+from fedprune.train import evaluate
 from fedprune.data import load_dataset
 
 CONFIG = """

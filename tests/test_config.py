@@ -82,9 +82,9 @@ def test_defaults_are_valid():
 
 
 def test_lr_schedule_reaches_the_trainer():
-    from fedprune.client_runtime import train_config
+    from fedprune.train import TrainConfig
 
     cfg = config_from_dict({"train": {"lr-schedule": "cosine"}})
-    assert train_config(cfg).lr_schedule == "cosine"
+    assert TrainConfig.from_section(cfg.train, cfg.run.seed).lr_schedule == "cosine"
     with pytest.raises(ConfigError, match="train.lr-schedule = 'step'"):
         config_from_dict({"train": {"lr-schedule": "step"}})

@@ -12,7 +12,7 @@ import torch
 from fedprune.data import load_dataset
 from fedprune.results import read_metrics
 from fedprune.model_file import load_model
-from fedprune.training import evaluate
+from fedprune.train import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -40,7 +40,7 @@ def test_devices_are_assigned_in_order_and_budgets_follow_the_profiles():
     for pid, dev in enumerate(client_devices(cfg)):
         p = client_profile(cfg, pid)
         assert p.device == dev
-        assert p.budget_spec == {"kind": "constant", "mb": profiles[dev].budget_mb * 0.5}
+        assert p.budget_spec.to_dict() == {"kind": "constant", "mb": profiles[dev].budget_mb * 0.5}
         assert p.methods == []  # methods.enabled defaults to "none"
     assert client_profile(cfg, 3) == client_profile(cfg_with(fleet={"budget-scale": 0.5}), 3)
 
@@ -55,16 +55,16 @@ def test_per_profile_methods_and_direct_budgets():
     assert [r["device"] for r in rows][:2] == ["pi-zero-2w"] * 2  # budgets-mb keeps the device label
     custom = config_from_dict({"fleet": {"num-clients": 2, "budgets-mb": "3,4"}})
     assert client_profile(custom, 1).device == "custom"
-    assert client_profile(custom, 1).budget_spec == {"kind": "constant", "mb": 4.0}
+    assert client_profile(custom, 1).budget_spec.to_dict() == {"kind": "constant", "mb": 4.0}
 
 
 def test_dynamic_kinds_use_the_device_budget_as_reference_level():
     cfg = cfg_with(memory={"budget": "trace", "budget-mb": 1.0, "trace-low": 0.3, "trace-high": 0.9},
                    fleet={"budgets-mb": "10,10,20,20,20,40"})
-    assert client_profile(cfg, 5).budget_spec == {"kind": "trace", "mb": 40.0, "low": 0.3, "high": 0.9}
+    assert client_profile(cfg, 5).budget_spec.to_dict() == {"kind": "trace", "mb": 40.0, "low": 0.3, "high": 0.9}
     sched = cfg_with(memory={"budget": "schedule", "schedule-mb": "8,4,6", "budget-mb": 0.0},
                      fleet={"budgets-mb": "16,16,16,16,16,2"})
-    assert client_profile(sched, 0).budget_spec == {"kind": "schedule", "mb": [16.0, 8.0, 12.0]}
+    assert client_profile(sched, 0).budget_spec.to_dict() == {"kind": "schedule", "mb": [16.0, 8.0, 12.0]}
     assert client_profile(sched, 5).budget_mb == 2.0
 
 
@@ -78,12 +78,13 @@ def test_uniform_fleet_uses_the_memory_section():
 
 
 def test_budget_specs_are_accepted_by_the_memory_module():
-    memory = pytest.importorskip("fedprune.memory")
+    from fedprune import memory
+
     cfg = cfg_with(memory={"budget": "trace", "budget-mb": 1.0}, fleet={"budget-scale": 0.01})
     for pid in range(6):
         spec = client_profile(cfg, pid).budget_spec
         sched = memory.make_budget_schedule(spec, seed=0, client_id=pid)
-        level = spec["mb"] * 2**20
+        level = spec.mb * 2**20
         assert all(0.5 * level - 1 <= sched.budget_bytes(r) <= level + 1 for r in range(1, 6))
 
 

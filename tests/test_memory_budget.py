@@ -80,3 +80,35 @@ def test_rounds_are_one_based():
     with pytest.raises(ValueError, match="round"):
         s.budget_bytes(0)
     assert s.describe()["kind"] == "constant"
+
+
+@pytest.mark.parametrize("data", [
+    {"kind": "constant", "mb": 12.5},
+    {"kind": "schedule", "mb": [16.0, 8.0, 12.0], "min_mb": 1.0},
+    {"kind": "trace", "mb": 40.0, "low": 0.3, "high": 0.9, "process": "walk", "step": 0.2},
+    {"kind": "auto", "reserve_mb": 128.0, "cap_mb": 512.0},
+    {"kind": "none"},
+])
+def test_budget_spec_keeps_its_json_form(data):
+    from fedprune.memory import BudgetSpec
+
+    spec = BudgetSpec.from_dict(data)
+    assert spec.to_dict() == data and BudgetSpec.from_dict(spec.to_dict()) == spec
+    assert spec.bounded == (data["kind"] != "none")
+    if data["kind"] not in ("auto", "none"):
+        a = make_budget_schedule(spec, seed=3, client_id=1)
+        b = make_budget_schedule(data, seed=3, client_id=1)
+        assert [a.budget_bytes(r) for r in range(1, 6)] == [b.budget_bytes(r) for r in range(1, 6)]
+        assert a.describe() == b.describe()
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"kind": "weekly"}, "kind='weekly'"),
+    ({"kind": "constant", "mb": 4.0, "reserve_mb": 1.0}, "'reserve_mb'"),
+    ({"kind": "auto", "reserve_mb": 1.0, "colour": "red"}, "'colour'"),
+])
+def test_budget_spec_rejects_unknown_kinds_and_keys(data, fragment):
+    from fedprune.memory import BudgetSpec
+
+    with pytest.raises(ValueError, match=fragment):
+        BudgetSpec.from_dict(data)

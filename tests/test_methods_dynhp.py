@@ -9,7 +9,7 @@ from fedprune.memory import estimate_training_memory
 from fedprune.methods.dynhp import count_params_for, normalize_scores
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
-from fedprune.training import ClientData, TrainConfig, train_local
+from fedprune.train import ClientData, TrainConfig, train_local
 
 
 @pytest.fixture(autouse=True, scope="module")

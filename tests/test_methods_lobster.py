@@ -8,7 +8,7 @@ import torch
 from fedprune.memory import estimate_training_memory
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
-from fedprune.training import ClientData, TrainConfig, train_local
+from fedprune.train import ClientData, TrainConfig, train_local
 
 
 @pytest.fixture(autouse=True, scope="module")

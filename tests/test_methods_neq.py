@@ -11,7 +11,7 @@ from fedprune.methods.config import NEqConfig
 from fedprune.methods.neq import cosine_rows, neuron_outputs, velocity_eq3, velocity_step
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
-from fedprune.training import ClientData, TrainConfig, train_local
+from fedprune.train import ClientData, TrainConfig, train_local
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,7 +14,7 @@ from fedprune.methods.serene import SeReNe, dead_neurons, neuron_sensitivity
 from fedprune.methods.sites import NeuronSite, ParamSlice, build_sites
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
-from fedprune.training import ClientData, TrainConfig, train_local
+from fedprune.train import ClientData, TrainConfig, train_local
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -155,7 +155,7 @@ def _synthetic(n: int, seed: int = 0):
 
 
 def _ctx(model, x, y):
-    from fedprune.training import evaluate
+    from fedprune.train import evaluate
 
     return SimpleNamespace(model=model, val_y=y,
                            val_loss=lambda n: evaluate(model, x[:n], y[:n], 256)[0])
@@ -233,7 +233,8 @@ def test_trained_model_keeps_the_relative_twt_guarantee():
 
 def test_serene_predicted_peak_matches_measured_under_budget(lenet):
     from fedprune.memory import estimate_training_memory
-    from fedprune.training import MethodStep
+    from fedprune.methods.serene_memory import SensitivityPassMemory
+    from fedprune.train import ReferenceStep
 
     dense, graph = lenet
     mask = NeuronMask.full(graph)
@@ -241,7 +242,7 @@ def test_serene_predicted_peak_matches_measured_under_budget(lenet):
     x, y = _synthetic(160)
     data = ClientData(x[:128], y[:128], x[128:], y[128:])
     pred = estimate_training_memory(model, 32, (1, 28, 28), "sgd",
-                                    step_fn=MethodStep(sensitivity=True)).total_bytes
+                                    step_fn=ReferenceStep((SensitivityPassMemory(),))).total_bytes
     budget = int(pred * 1.10)  # room for the masks, not for an underestimated extra backward
     cfg = TrainConfig(epochs=1, batch_size=32, max_batch=32)
     res = train_local(model, mask, graph, data, cfg, "serene", {"serene": {"pwe": 100}}, budget)

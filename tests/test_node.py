@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from fedprune.memory import BudgetSpec
 from fedprune.node import (NodeConfigError, NodeSettings, format_node_config, parse_node_config,
                            process_memory)
 
@@ -21,13 +22,13 @@ def test_simulation_node_config_keeps_the_run_config_budget():
 
 def test_fixed_and_auto_budgets():
     fixed = parse_node_config({"partition-id": 0, "num-partitions": 2, "budget-mb": 6})
-    assert fixed.budget_spec() == {"kind": "constant", "mb": 6.0} and fixed.budget_label == "node-config"
+    assert fixed.budget_spec() == BudgetSpec("constant", mb=6.0) and fixed.budget_label == "node-config"
     auto = parse_node_config({"partition-id": 1, "num-partitions": 2, "budget-mb": "AUTO"})
-    assert auto.budget_spec(300.0) == {"kind": "auto", "reserve_mb": 300.0}  # the run's reserve
+    assert auto.budget_spec(300.0) == BudgetSpec("auto", reserve_mb=300.0)  # the run's reserve
     assert auto.budget_label == "node-config:auto"
     own = parse_node_config({"partition-id": 1, "num-partitions": 2, "budget-mb": "auto",
                              "reserve-mb": 128})
-    assert own.budget_spec(300.0) == {"kind": "auto", "reserve_mb": 128.0}
+    assert own.budget_spec(300.0) == BudgetSpec("auto", reserve_mb=128.0)
 
 
 def test_strings_numbers_data_dir_and_foreign_keys(tmp_path):
@@ -95,11 +96,11 @@ def test_node_budget_overrides_the_fleet_but_keeps_its_methods():
         "fleet": {"num-clients": 2, "devices": "pi-zero-2w:1, pi4-2gb:1",
                   "methods": "pi-zero-2w=dynhp+neq; pi4-2gb=none"}})
     from_fleet = ClientRuntime(cfg, 0, 2)
-    node = ClientRuntime(cfg, 0, 2, budget_spec={"kind": "constant", "mb": 20.0})
+    node = ClientRuntime(cfg, 0, 2, budget_spec=BudgetSpec("constant", mb=20.0))
     assert node.methods == from_fleet.methods == ["dynhp", "neq"]
     assert node.budget_bytes(1) == 20 * MIB != from_fleet.budget_bytes(1)
     # a device whose partition lies outside the fleet still runs when its node config sets a budget
-    outside = ClientRuntime(cfg, 3, 4, budget_spec={"kind": "constant", "mb": 5.0})
+    outside = ClientRuntime(cfg, 3, 4, budget_spec=BudgetSpec("constant", mb=5.0))
     assert outside.methods == ["dynhp"] and outside.budget_bytes(1) == 5 * MIB
     with pytest.raises(ValueError, match="partition-id"):
         ClientRuntime(cfg, 3, 4)

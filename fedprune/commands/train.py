@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedprune.centralized import run_centralized
+from fedprune.train.centralized import run_centralized_experiment
 from fedprune.errors import UsageError
 from fedprune.run_folder import read_config, validate_for_run
 
@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"results folder {out} is a file, not a folder; pass another --out")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")
-    summary = run_centralized(cfg, out, epochs=args.epochs)
+    summary = run_centralized_experiment(cfg, out, epochs=args.epochs)
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "final_params", "compression")
                       if k in summary}))
     print(f"fedprune: results in {out}")

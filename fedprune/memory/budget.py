@@ -15,6 +15,9 @@ Instead of ``mb`` a spec may give ``fraction`` (same shapes: number or list) of 
 ``reference_bytes`` passed to ``make_budget_schedule`` -- e.g. a fleet with budgets at
 10%..100% of the dense model's need. Optional ``min_mb`` floors any kind.
 
+A spec is a :class:`BudgetSpec` (typed, read through attributes; ``kind = "none"`` means no budget)
+or its JSON form, the dict above (``BudgetSpec.to_dict`` / ``BudgetSpec.from_dict``).
+
 Invariants: the same ``(spec, seed, client_id)`` always yields the same budgets, whatever
 order rounds are queried in (``auto`` excepted); budgets are ints >= 0.
 """
@@ -31,13 +34,80 @@ import psutil
 
 MIB = 2**20
 KINDS = ("constant", "schedule", "trace", "auto")
+BUDGET_KINDS = ("none", *KINDS)
 PROCESSES = ("piecewise", "walk")
 _ALLOWED = {
     "constant": {"kind", "mb", "fraction", "min_mb"},
     "schedule": {"kind", "mb", "fraction", "min_mb"},
     "trace": {"kind", "mb", "fraction", "min_mb", "low", "high", "period", "process", "step"},
     "auto": {"kind", "reserve_mb", "cap_mb", "min_mb"},
+    "none": {"kind"},
 }
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A memory budget description (see module doc); unset fields are ``None``.
+
+    Guarantees: ``kind`` is one of ``BUDGET_KINDS`` and only the fields of that kind are set (else
+    ``ValueError`` naming the field); ``BudgetSpec.from_dict(s.to_dict()) == s``; values are checked
+    by :func:`make_budget_schedule`.
+    """
+
+    kind: str
+    mb: float | tuple[float, ...] | None = None
+    fraction: float | tuple[float, ...] | None = None
+    min_mb: float | None = None
+    low: float | None = None
+    high: float | None = None
+    period: int | None = None
+    process: str | None = None
+    step: float | None = None
+    reserve_mb: float | None = None
+    cap_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"budget spec kind={self.kind!r}: expected one of {', '.join(BUDGET_KINDS)}")
+        extra = sorted(k for k, v in self._fields().items() if v is not None and k not in _ALLOWED[self.kind])
+        if extra:
+            raise ValueError(f"budget spec kind={self.kind!r} has unknown key(s) {', '.join(map(repr, extra))}; "
+                             f"allowed: {', '.join(sorted(_ALLOWED[self.kind]))}")
+
+    def _fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "kind"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BudgetSpec":
+        """The spec of a JSON-form dict; ``ValueError`` naming an unknown kind or key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"budget spec must be a dict, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"budget spec kind={data.get('kind')!r} has unknown key(s) "
+                             f"{', '.join(map(repr, unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``{"kind": ..., <set fields>}`` (lists for per-round values)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        out.update({k: list(v) if isinstance(v, tuple) else v for k, v in self._fields().items() if v is not None})
+        return out
+
+    @property
+    def bounded(self) -> bool:
+        """False for ``kind = "none"`` (no budget)."""
+        return self.kind != "none"
+
+    @property
+    def reference_mb(self) -> float | None:
+        """The reference level in MB: the constant/trace level, the schedule's largest value;
+        ``None`` for ``none``, ``auto`` and fraction-based specs."""
+        if self.kind in ("constant", "trace") and self.mb is not None:
+            return float(self.mb)
+        if self.kind == "schedule" and self.mb is not None:
+            return float(max(self.mb))
+        return None
 
 
 def _is_number(v: Any) -> bool:
@@ -147,12 +217,14 @@ def _trace_fn(spec: dict, base: float, seed: int, client_id: int | str) -> Calla
     return walk
 
 
-def make_budget_schedule(spec: dict, seed: int, client_id: int | str,
+def make_budget_schedule(spec: BudgetSpec | dict, seed: int, client_id: int | str,
                          reference_bytes: int | None = None) -> BudgetSchedule:
-    """Build a validated, deterministic ``BudgetSchedule`` from a spec dict (see module doc).
+    """Build a validated, deterministic ``BudgetSchedule`` from a spec (see module doc).
 
     Raises ``ValueError`` naming the offending key and value for any malformed spec.
     """
+    if isinstance(spec, BudgetSpec):
+        spec = spec.to_dict()
     if not isinstance(spec, dict):
         raise ValueError(f"budget spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("kind")

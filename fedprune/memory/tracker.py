@@ -24,7 +24,6 @@ an op output (e.g. oneDNN scratch buffers) are not seen -- see docs/memory.md.
 
 from __future__ import annotations
 
-import gc
 import weakref
 from functools import partial
 from typing import Any, Iterable
@@ -409,10 +408,3 @@ class PeakMemoryTracker:
         i = max(range(len(rows)), key=lambda k: sum(rows[k]))
         self.breakdown = dict(zip(CATEGORIES, rows[i]))
         self.peak_op = _op_name(ops[i])
-
-
-def collect_garbage() -> None:
-    """Run the cyclic GC (and empty the CUDA cache when present) before a measurement."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

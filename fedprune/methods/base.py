@@ -1,6 +1,6 @@
 """The protocol between the local trainer and the methods.
 
-The trainer (``fedprune.training``) owns the model, optimizer, batch size and memory budget; it calls
+The trainer (``fedprune.train``) owns the model, optimizer, batch size and memory budget; it calls
 the hooks of every enabled :class:`Method` in ``HOOK_ORDER`` at fixed points of the loop::
 
     begin(ctx)                       once, after load_state_dict
@@ -19,6 +19,16 @@ the hooks of every enabled :class:`Method` in ``HOOK_ORDER`` at fixed points of 
     metrics(ctx) -> dict             flat JSON-able numbers, keys prefixed with the method name
     state_dict() -> dict             plain numpy arrays / Python scalars, survives federated rounds
 
+Memory hooks, read by the trainer's budgeting (batch fit, prediction, measurement) and by the
+client runtime / feasibility check::
+
+    step_memory(ctx) -> StepMemory?  what the method adds to one training step (extra passes, temporaries)
+    kept_tensor_bytes(ctx) -> int    torch tensors kept between steps (an upper bound from the start)
+    kept_tensors() -> [Tensor]       those tensors, named to the memory tracker
+    extra_bytes(ctx) -> int          host (numpy) state the tensor tracker cannot see
+    prune_to_fit_floor() -> int?     neurons per group the method may prune down to so that a model
+                                     fits its budget before training (None: it never does)
+
 A hook that returns a mask never edits the model itself: the trainer applies it through
 ``graph.prune`` (physical removal), rebuilds the optimizer and recomputes the batch size, then calls
 ``detach``/``attach`` on every method so per-neuron state can be re-indexed.
@@ -33,8 +43,6 @@ class Method:
     """Base class: every hook is a no-op; subclasses override what they need."""
 
     name: str = "base"
-    #: True when the method may remove neurons (the trainer then re-measures memory after changes).
-    structural: bool = False
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -74,7 +82,32 @@ class Method:
         """End of a local epoch; may return a new (smaller) NeuronMask."""
         return None
 
-    # ------------------------------------------------------------------ reporting / state
+    # ------------------------------------------------------------------ memory
+    def step_memory(self, ctx) -> "StepMemory | None":
+        """What this method adds to the memory of one training step (``None``: nothing).
+
+        Called with the context of the current model (``ctx.model``, ``ctx.sites``); the result is
+        part of the memory estimate's cache key, so it must be hashable and compare by value.
+        """
+        return None
+
+    def kept_tensor_bytes(self, ctx) -> int:
+        """Bytes of torch tensors the method keeps alive between steps for ``ctx.model``.
+
+        Must be an upper bound valid from the start of training (before ``attach``): the batch is
+        fitted before the method binds to the model.
+        """
+        return 0
+
+    def kept_tensors(self) -> list:
+        """The torch tensors counted by :meth:`kept_tensor_bytes` that exist now (after ``attach``)."""
+        return []
+
+    def prune_to_fit_floor(self) -> int | None:
+        """Neurons per group this method may prune the model down to before training when even the
+        minimum batch does not fit the budget; ``None`` when it never prunes to fit."""
+        return None
+
     def extra_bytes(self, ctx) -> int:
         """Bytes of host (numpy) state the method keeps alive during training (budget accounting).
 
@@ -83,6 +116,7 @@ class Method:
         """
         return 0
 
+    # ------------------------------------------------------------------ reporting / state
     def metrics(self, ctx) -> dict[str, Any]:
         """Flat JSON-able metrics of this call, keys prefixed with ``<name>_``."""
         return {}
@@ -93,3 +127,27 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` of a previous round (ignores unknown keys)."""
+
+
+class StepMemory:
+    """A method's additions to one training step, replayed by the memory estimate and measurement.
+
+    The trainer's reference step (``fedprune.train.budgeting.ReferenceStep``) runs ``zero_grad``,
+    the forward pass, the loss, ``backward`` and ``optimizer.step`` and calls these hooks around
+    them, so that the predicted peak includes the method's extra passes and temporaries. Subclasses
+    are frozen dataclasses (hashable, compared by value: they are part of the estimate's cache key).
+    """
+
+    def before_forward(self, model) -> Any:
+        """Before the forward pass; returns this step's private state (hooks to remove, ...)."""
+        return None
+
+    def after_forward(self, state: Any) -> None:
+        """Right after the forward pass (also when it raised): remove forward hooks here."""
+
+    def before_backward(self, state: Any, outputs, loss) -> Any:
+        """After the loss, before ``loss.backward()``; returns what stays alive until the step ends."""
+        return None
+
+    def after_step(self, model) -> None:
+        """After ``optimizer.step()``."""

@@ -12,7 +12,7 @@ epochs); ``docs/methods.md`` explains each one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 def _check(ok: bool, method: str, name: str, value: Any, why: str) -> None:
@@ -163,10 +163,3 @@ class LobsterConfig:
         _check(self.threshold_samples >= 1, m, "threshold_samples", self.threshold_samples, "must be >= 1")
         return self
 
-
-CONFIG_CLASSES: dict[str, Callable[[], Any]] = {
-    "dynhp": DynHPConfig,
-    "serene": SeReNeConfig,
-    "neq": NEqConfig,
-    "lobster": LobsterConfig,
-}

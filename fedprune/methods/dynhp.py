@@ -121,7 +121,6 @@ class DynHP(Method):
     """Scheduled, score-ranked physical neuron removal (see module docstring)."""
 
     name = "dynhp"
-    structural = True
 
     def __init__(self, cfg: DynHPConfig):
         super().__init__(cfg)
@@ -130,6 +129,10 @@ class DynHP(Method):
         self.last_target = 1.0
         self._cut = 1
         self._dense_params: int | None = None
+
+    def prune_to_fit_floor(self) -> int:
+        """DynHP prunes further when memory is short, down to ``min_neurons`` per group."""
+        return int(self.cfg.min_neurons)
 
     def begin(self, ctx) -> None:
         """Count the dense model's parameters (the schedule's reference)."""

@@ -15,14 +15,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import dataclass
+
 import torch
 
-from fedprune.methods.base import Method
+from fedprune.methods.base import Method, StepMemory
 from fedprune.methods.config import LobsterConfig
-from fedprune.methods.thresholding import MagnitudePruner
+from fedprune.methods.thresholding import MagnitudePruner, mask_bytes
 
 MEMORY_NOTE = ("LOBSTER zeros are unstructured: tensors keep their dense shapes, gradients and "
                "optimizer state, so no training memory is freed")
+
+
+@dataclass(frozen=True)
+class WeightUpdateMemory(StepMemory):
+    """The one weight-sized temporary of LOBSTER's in-place update, freed at once, in the reference step."""
+
+    def after_step(self, model) -> None:
+        """Allocate and drop one ``|grad|`` per conv/linear weight, as the update does."""
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2 and p.grad is not None:
+                    p.grad.abs()
 
 
 class Lobster(Method):
@@ -37,6 +51,18 @@ class Lobster(Method):
     def attach(self, ctx) -> None:
         """Derive weight masks (``w != 0``) from the current model."""
         self.pruner.attach(ctx.model)
+
+    def step_memory(self, ctx) -> WeightUpdateMemory:
+        """The weight-sized temporary of the update after each optimizer step."""
+        return WeightUpdateMemory()
+
+    def kept_tensor_bytes(self, ctx) -> int:
+        """The weight masks: one bool per conv/linear weight."""
+        return mask_bytes(ctx.model)
+
+    def kept_tensors(self) -> list:
+        """The weight masks of the bound model."""
+        return list(self.pruner.masks.values())
 
     def after_backward(self, ctx) -> None:
         """Pruned weights get no gradient."""

@@ -31,7 +31,8 @@ from torch import nn
 
 from fedprune.methods.base import Method
 from fedprune.methods.config import SeReNeConfig
-from fedprune.methods.thresholding import MagnitudePruner
+from fedprune.methods.serene_memory import SensitivityPassMemory
+from fedprune.methods.thresholding import MagnitudePruner, mask_bytes
 
 
 class SensitivityProbe:
@@ -135,7 +136,6 @@ class SeReNe(Method):
     """Sensitivity-driven neuron shrinking + PWE/TWT thresholding + physical neuron removal."""
 
     name = "serene"
-    structural = True
 
     def __init__(self, cfg: SeReNeConfig):
         super().__init__(cfg)
@@ -165,6 +165,21 @@ class SeReNe(Method):
             self.probe.remove()
             self.probe = None
         self.sens = {}
+
+    def step_memory(self, ctx) -> SensitivityPassMemory:
+        """The extra backward of an armed step, on exactly the outputs the probe hooks."""
+        hooked = None
+        if ctx.sites:
+            hooked = tuple(sorted({mod for site in ctx.sites.values() for mod, _ in site.outputs}))
+        return SensitivityPassMemory(hooked)
+
+    def kept_tensor_bytes(self, ctx) -> int:
+        """The weight masks: one bool per conv/linear weight."""
+        return mask_bytes(ctx.model)
+
+    def kept_tensors(self) -> list:
+        """The weight masks of the bound model."""
+        return list(self.pruner.masks.values())
 
     def before_forward(self, ctx) -> None:
         """Arm the probe on every ``sensitivity_every``-th step."""

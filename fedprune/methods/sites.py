@@ -132,16 +132,3 @@ def _add_consumer(site: NeuronSite, r, params, in_axes) -> None:
     if any(len(c) == 0 or int(c.max()) >= p.shape[1] for c in cols):
         return
     site.consumers.append((p, 1, cols))
-
-
-def frozen_layer_fractions(sites: dict[str, NeuronSite], frozen: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per producing layer, the fraction of its alive output neurons frozen (dense ``frozen`` flags)."""
-    out: dict[str, float] = {}
-    for g, site in sites.items():
-        fr = frozen.get(g)
-        if fr is None or len(site.alive) == 0:
-            continue
-        f = float(np.asarray(fr)[site.alive].mean())
-        for layer in site.layers:
-            out[layer] = f
-    return out

@@ -34,6 +34,11 @@ def prunable_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramet
     return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
 
 
+def mask_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weight masks a :class:`MagnitudePruner` keeps for ``model`` (one bool per weight)."""
+    return sum(p.numel() for _, p in prunable_weights(model))
+
+
 class MagnitudePruner:
     """Weight masks + plateau-triggered global magnitude thresholding (see module docstring)."""
 

@@ -54,7 +54,7 @@ def fleet_markdown(rec: RunRecord) -> str:
     per: dict[tuple, int] = defaultdict(int)
     for i in range(cfg.fleet.num_clients):
         p = client_profile(cfg, i)
-        kind = (p.budget_spec or {}).get("kind", "none")
+        kind = p.budget_spec.kind if p.budget_spec else "none"
         per[(p.device, kind, None if p.budget_mb is None else round(p.budget_mb, 3),
              "+".join(p.methods) or "none")] += 1
     lines = [(dev, str(n), kind, fmt(mb, "mb"), m) for (dev, kind, mb, m), n in per.items()]

@@ -1,8 +1,8 @@
 """Prune a model until it can train within a memory budget (for clients whose methods may prune).
 
-When even the minimum batch does not fit the budget, a client running DynHP prunes further before
-training instead of giving up: every group keeps the same fraction ``k`` of its alive neurons (the
-largest L2 norms of their producing weights, never fewer than ``min_neurons``), with ``k`` the largest
+When even the minimum batch does not fit the budget, a client whose methods may prune to fit
+(``Method.prune_to_fit_floor``, e.g. DynHP) prunes further before training instead of giving up: every group keeps the same fraction ``k`` of its alive neurons (the
+largest L2 norms of their producing weights, never fewer than ``min_neurons``, the methods' floor), with ``k`` the largest
 value (bisection) whose compact model's predicted training peak at ``min_batch`` fits the budget.
 Scores are computed on the dense-shaped tensors, so they are comparable across groups' layers.
 """

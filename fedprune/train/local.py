@@ -1,0 +1,120 @@
+"""``train_local``: what a federated client (or the centralized mode) runs for one round.
+
+It owns the compact model, the optimizer, the batch size and the memory accounting; the enabled
+methods (:mod:`fedprune.methods`) act through hooks (see :mod:`fedprune.methods.base`). The batch
+and memory rules are in :mod:`fedprune.train.budgeting`, the loop in :mod:`fedprune.train.loop`.
+No Flower import here: the Flower client app wraps this function.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from fedprune.methods import build_methods, parse_methods
+from fedprune.methods.flops import dense_bprop_flops, layer_costs
+from fedprune.methods.sites import build_sites
+from fedprune.train.context import ClientData, TrainConfig, TrainContext, TrainResult
+from fedprune.train.evaluation import evaluate
+from fedprune.train.loop import LocalTrainer
+from fedprune.train.metrics import build_metrics, dense_params
+
+
+def _dense_reference_flops(graph, example: torch.Tensor) -> int:
+    """Backward FLOPs per sample of the dense reference architecture (shapes only, on meta)."""
+    try:
+        ref = graph.build_compact(graph.full_mask(), device="meta")
+        return dense_bprop_flops(layer_costs(ref, example.to("meta")))
+    except Exception:  # pragma: no cover - a module that cannot run on meta
+        return dense_bprop_flops(layer_costs(graph.build_compact(graph.full_mask()), example))
+
+
+def _split_state(state: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    prefix = f"{name}/"
+    return {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+
+
+def _start(trainer: LocalTrainer, batch: int) -> None:
+    """Set the first batch, build the optimizer, run the methods' ``begin`` and bind them."""
+    ctx = trainer.ctx
+    ctx.batch_size = batch
+    trainer.build_optimizer()
+    trainer.budget.set_batch(batch)
+    for m in trainer.methods:
+        m.begin(ctx)
+    trainer.dense_reference_flops = _dense_reference_flops(ctx.graph, trainer.example())
+    trainer.bind()
+
+
+def _train(trainer: LocalTrainer) -> tuple[float, float]:
+    """Run the loop; methods are detached and every ``requires_grad`` is restored, even on error."""
+    try:
+        return trainer.run()
+    finally:
+        for m in trainer.methods:
+            m.detach(trainer.ctx)
+        for p in trainer.ctx.model.parameters():
+            p.requires_grad_(True)
+
+
+def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfig, methods: list[str] | str,
+                method_cfgs: Mapping[str, Any] | None, budget_bytes: int | None,
+                method_state: Mapping[str, Any] | None = None, round_idx: int = 0, num_rounds: int = 1, *,
+                epoch_callback: Callable[[int, TrainContext, dict], None] | None = None) -> TrainResult:
+    """Train ``model`` (compact for ``mask``) on ``data`` for ``cfg.epochs`` with the enabled methods.
+
+    ``round_idx`` is 0-based (``0 <= round_idx < num_rounds``); schedules use the total progress
+    over all rounds. ``method_state`` is the ``method_state`` of this client's previous result (flat
+    ``"<method>/<key>"`` -> numpy array or scalar), or None.
+
+    Guarantees: never raises because the model does not fit (then ``metrics["does_not_fit"] == 1``,
+    ``num_examples == 0`` and model, mask and method state come back unchanged); the returned model
+    is compact for the returned mask, a subset of ``mask`` (the input model may have been trained in
+    place); every measured step peak is <= ``budget_bytes`` or counted in ``metrics["violations"]``;
+    the batch is refitted at the start and after every structural change; all ``requires_grad``
+    flags are restored; ``metrics`` is flat and JSON-able; ``method_state`` holds only numpy arrays
+    and scalars. Raises ``ValueError`` for an invalid config, method name or round index.
+    """
+    t_start = time.perf_counter()
+    cfg.validate()
+    names = parse_methods(methods if isinstance(methods, str) else "+".join(methods) or "none")
+    if not 0 <= round_idx < num_rounds:
+        raise ValueError(f"round_idx={round_idx} must be in [0, num_rounds={num_rounds})")
+    budget_bytes = None if budget_bytes is None else max(0, int(budget_bytes))
+    ctx = TrainContext(model, mask, graph, data, cfg, round_idx, num_rounds, budget_bytes)
+    trainer = LocalTrainer(ctx, build_methods(names, method_cfgs), epoch_callback)
+    model.train()
+    base = {"methods": "+".join(names) or "none", "budget_bytes": budget_bytes or 0,
+            "params_dense": dense_params(graph), "neurons_dense": int(mask.num_total())}
+
+    def not_fit(reason: str) -> TrainResult:
+        trainer.budget.report.mark_does_not_fit(reason)
+        try:
+            predicted = trainer.budget.predicted_peak(cfg.min_batch)
+        except Exception:  # pragma: no cover - the estimate itself failed
+            predicted = 0
+        metrics = build_metrics(base, trainer, model, mask, reason=reason, predicted_peak=predicted,
+                                wall_seconds=time.perf_counter() - t_start)
+        return TrainResult(model, mask, 0, metrics, dict(method_state or {}))
+
+    for m in trainer.methods:
+        m.load_state_dict(_split_state(method_state, m.name))
+    ctx.sites = build_sites(graph, model, mask)  # methods' state sizes depend on them
+    batch = trainer.budget.fit_batch()
+    if batch == 0:
+        return not_fit(f"min_batch={cfg.min_batch} does not fit budget_bytes={budget_bytes}")
+    _start(trainer, batch)
+    neurons_before = mask.num_alive()
+    train_loss, train_acc = _train(trainer)
+    if trainer.out_of_memory and trainer.stats["steps"] == 0:
+        return not_fit("out of memory at min_batch")
+    ctx.model.train()
+    val_loss, val_acc = evaluate(ctx.model, ctx.val_x, ctx.val_y, ctx.eval_batch)
+    losses = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc}
+    metrics = build_metrics(base, trainer, ctx.model, ctx.mask, num_examples=len(data.train_x), losses=losses,
+                            neurons_before=neurons_before, wall_seconds=time.perf_counter() - t_start)
+    state = {f"{m.name}/{k}": v for m in trainer.methods for k, v in m.state_dict().items()}
+    return TrainResult(ctx.model, ctx.mask, int(len(data.train_x)), metrics, state)
