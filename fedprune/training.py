@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -160,15 +159,11 @@ class MethodStep:
     backward (``sensitivity``) and the one weight-sized temporary of LOBSTER's in-place update
     (``weight_update``). Hashable (part of the estimate's cache key).
 
-    The extra backward is traced the way :class:`~fedprune.methods.serene.SensitivityProbe` runs it:
-    forward hooks on the neuron-carrying module outputs keep the *first* of them alive (the input of
-    ``autograd.grad``) until the extra backward ends, every hooked output gets a gradient hook that
-    reduces its gradient with ``g.abs().mean(...)`` (an activation-sized temporary), and the extra
-    backward is ``autograd.grad(outputs.sum(), first_output, retain_graph=True)``. The hooked modules
+    The extra backward is SeReNe's own :class:`~fedprune.methods.serene.SensitivityProbe` (its
+    batched eq. 2 backward over the ``C`` outputs), so the trace is the real one. The hooked modules
     are ``sensitivity_modules`` when given (the names SeReNe hooks: its sites' output modules);
     otherwise the same choice as the sites': every BatchNorm, and every conv/linear not directly
-    followed (in module order) by a BatchNorm of its width, except a module that produces the model's
-    output itself (the logits are no neurons; a hook on them computes nothing at their grad's size).
+    followed (in module order) by a BatchNorm of its width (the probe ignores the logits).
     """
 
     sensitivity: bool = False
@@ -197,42 +192,19 @@ class MethodStep:
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        state: dict[str, Any] = {"first": None, "collect": False, "acc": {}, "grad_hooks": []}
-        handles = []
-        if self.sensitivity:
-            def grad_hook(g: torch.Tensor, key: int) -> None:
-                if state["collect"]:
-                    dims = [d for d in range(g.dim()) if d != 1]
-                    red = g.detach().abs().mean(dim=dims)  # the probe's per-channel reduction
-                    acc = state["acc"]
-                    acc[key] = acc[key] + red if key in acc else red
+        probe = None
+        if self.sensitivity:  # SeReNe's probe itself: its batched eq. 2 backward is in the trace
+            from fedprune.methods.serene import SensitivityProbe
 
-            def fwd_hook(mod, inp, o):
-                if isinstance(o, torch.Tensor) and o.requires_grad:
-                    if state["first"] is None:
-                        state["first"] = o
-                    h = o.register_hook(lambda g, key=id(mod): grad_hook(g, key))
-                    state["grad_hooks"].append((weakref.ref(o), h))  # weak: keeps no activation alive
-
-            handles = [m.register_forward_hook(fwd_hook) for _, m in self._sensitivity_modules(model)]
+            probe = SensitivityProbe(model, {n: [(n, None)] for n, _ in self._sensitivity_modules(model)})
+            probe.armed = True
         try:
             out = model(x)
+            loss = F.cross_entropy(out, y)
+            sens = probe.compute(out) if probe is not None else {}  # kept until the update, as SeReNe does
         finally:
-            for h in handles:
-                h.remove()
-        for ref, h in state.pop("grad_hooks"):
-            if ref() is out:  # the logits carry no neurons: the probe never hooks them
-                h.remove()
-        loss = F.cross_entropy(out, y)
-        first, state["first"] = state["first"], None
-        sens = []  # SeReNe keeps one small per-neuron sensitivity vector per group until its update
-        if first is not None and first is not out:
-            state["collect"] = True
-            torch.autograd.grad(out.sum(), first, retain_graph=True)
-            state["collect"] = False
-            sens = [v * 1.0 for v in state["acc"].values()]
-        del first
-        state["acc"] = {}
+            if probe is not None:
+                probe.remove()
         loss.backward()
         optimizer.step()
         if self.weight_update:
@@ -361,7 +333,8 @@ class _Trainer:
         hooked = None
         if "serene" in names and self.ctx.sites:  # exactly the outputs SeReNe's probe hooks
             hooked = tuple(sorted({mod for site in self.ctx.sites.values() for mod, _ in site.outputs}))
-        return MethodStep(sensitivity="serene" in names, weight_update="lobster" in names,
+        sens = any(getattr(m, "uses_sensitivity", False) for m in self.methods)
+        return MethodStep(sensitivity=sens, weight_update="lobster" in names,
                           sensitivity_modules=hooked)
 
     def fit_batch(self) -> int:
