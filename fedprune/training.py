@@ -296,7 +296,7 @@ class _Trainer:
         self.stats: dict[str, Any] = {
             "violations": 0, "max_violation_bytes": 0, "oom_events": 0, "structural_changes": 0,
             "measurements": 0,
-            "steps": 0, "samples": 0, "backward_seconds": 0.0,
+            "steps": 0, "samples": 0, "backward_seconds": 0.0, "step_seconds": 0.0,
             "flops_dense": 0.0, "flops_unfrozen": 0.0, "flops": 0.0,
         }
         self.batches: list[int] = []
@@ -451,6 +451,7 @@ class _Trainer:
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
         ctx = self.ctx
         model, opt = ctx.model, ctx.optimizer
+        t_step = time.perf_counter()
         for m in self.methods:
             m.before_forward(ctx)
         opt.zero_grad(set_to_none=True)
@@ -466,6 +467,7 @@ class _Trainer:
         opt.step()
         for m in self.methods:
             m.after_step(ctx)
+        self.stats["step_seconds"] += time.perf_counter() - t_step  # forward to the methods' last hook
         correct = int((out.detach().argmax(1) == yb).sum())
         return float(loss.detach()), correct
 
@@ -701,6 +703,7 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
                                           if st["flops_unfrozen"] else 0.0),
         "bprop_flops_saved_per_step": float((st["flops_dense"] - st["flops"]) / max(1, st["steps"])),
         "backward_seconds": float(st["backward_seconds"]),
+        "step_seconds": float(st["step_seconds"]),
         "structural_changes": int(st["structural_changes"]),
         "neurons_pruned": int(neurons_before - ctx.mask.num_alive()),
         "neurons_alive": int(ctx.mask.num_alive()),

@@ -120,6 +120,8 @@ class NEqConfig:
     (its weight gradient is not computed at all). Defaults: ``mu_eq = 0`` because eq. 3 weighs the
     first similarity ``phi^0`` (about 1) by ``mu^t``, which keeps every neuron "moving" for the
     first ~log(eps)/log(mu) evaluations, i.e. for most of a run of a few epochs/rounds.
+    ``mode = "stochastic"`` is the paper's control: each neuron is frozen for an epoch with
+    probability ``stochastic_p`` (draws seeded by ``seed`` and the evaluation count).
     """
 
     eps: float = 0.02
@@ -127,10 +129,15 @@ class NEqConfig:
     val_samples: int = 256
     max_spatial: int = 8
     skip_layer_grad: bool = True
+    mode: str = "neq"
+    stochastic_p: float = 0.5
+    seed: int = 0
 
     def validate(self) -> "NEqConfig":
         """Raise ``ValueError`` naming the first bad field; return ``self`` when all are valid."""
         m = "neq"
+        _choice(m, "mode", self.mode, ("neq", "stochastic"))
+        _check(0.0 <= self.stochastic_p <= 1.0, m, "stochastic_p", self.stochastic_p, "must be in [0, 1]")
         _check(self.eps >= 0, m, "eps", self.eps, "must be >= 0")
         _check(0.0 <= self.mu_eq < 1.0, m, "mu_eq", self.mu_eq, "must be in [0, 1)")
         _check(self.val_samples >= 1, m, "val_samples", self.val_samples, "must be >= 1")
