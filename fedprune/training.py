@@ -62,7 +62,7 @@ class TrainConfig:
     batch_size: int = 32
     min_batch: int = 1
     max_batch: int = 1024
-    lr_scaling: str = "none"
+    lr_scaling: str = "sqrt"
     seed: int = 0
     device: str = "cpu"
     measure_every: int = 0
