@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,7 +55,9 @@ def test_schedule_reaches_target_by_the_last_round(lenet, score):
         model, mask, state = res.model, res.mask, res.method_state
         compressions.append(res.metrics["compression"])
     assert compressions == sorted(compressions)
-    assert compressions[2] >= 5.0 and compressions[-1] >= 5.0
+    # events sit at the middles of the epoch's halves: the target (end_progress 0.75) is met at the
+    # first event after it, in the last round
+    assert compressions[2] >= 4.0 and compressions[-1] >= 5.0
     assert count_params_for(graph, mask) == sum(p.numel() for p in model.parameters())
     assert all(mask.num_alive(g) >= 2 for g in mask.names)
 
@@ -77,3 +80,65 @@ def test_model_shrinks_and_batch_grows_under_fixed_budget(lenet):
     assert m["structural_changes"] >= 2 and m["neurons_pruned"] > 0
     assert m["measured_peak_bytes"] <= budget or m["violations"] > 0
     assert m["lr_final"] > cfg.lr
+
+
+def test_no_pruning_event_after_the_last_step():
+    from types import SimpleNamespace
+
+    from fedprune.methods.config import DynHPConfig
+    from fedprune.methods.dynhp import DynHP
+
+    fired = []
+    method = DynHP(DynHPConfig(prunes_per_epoch=2))
+    method.prune_now = lambda ctx: fired.append(ctx.epoch_fraction)
+    ctx = SimpleNamespace(epoch_fraction=0.0)
+    method.epoch_start(ctx)
+    for f in (0.125, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0):
+        ctx.epoch_fraction = f
+        method.step_end(ctx)
+    assert fired == [0.25, 0.75]  # the middles of the two halves; steps follow each event
+
+
+def test_momentum_of_surviving_neurons_is_kept(lenet):
+    from fedprune.methods.optim_carry import restore_rows, save_rows
+
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    data = synthetic(64)
+    torch.nn.functional.cross_entropy(model(data.train_x[:16]), data.train_y[:16]).backward()
+    opt.step()
+    arrays = mask.to_arrays()
+    arrays["conv2"][[0, 5, 9]] = False
+    arrays["fc1"][:100] = False
+    new = NeuronMask.from_arrays(graph, arrays)
+    saved = save_rows(graph, mask, model, opt)
+    small = graph.prune(model, mask, new)
+    opt2 = torch.optim.SGD(small.parameters(), lr=0.01, momentum=0.9)
+    assert restore_rows(graph, new, small, opt2, saved) == len(list(small.parameters()))
+    old_buf = opt.state[model.conv2.weight]["momentum_buffer"]
+    new_buf = opt2.state[small.conv2.weight]["momentum_buffer"]
+    keep = torch.as_tensor(arrays["conv2"].nonzero()[0])
+    assert torch.equal(new_buf, old_buf[keep])
+    old_fc1 = opt.state[model.fc1.weight]["momentum_buffer"]
+    assert torch.equal(opt2.state[small.fc1.weight]["momentum_buffer"],
+                       old_fc1[100:][:, torch.as_tensor(np.repeat(arrays["conv2"], 16).nonzero()[0])])
+
+
+def test_memory_saved_is_reported_at_the_runs_own_batch(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    budget = estimate_training_memory(model, 16, (1, 28, 28), "sgd").total_bytes + 1024
+    cfg = TrainConfig(epochs=1, lr=0.02, batch_size=16, max_batch=256)
+    res = train_local(model, mask, graph, synthetic(128, seed=3), cfg, "dynhp",
+                      {"dynhp": {"target_compression": 0.8, "end_progress": 0.5, "score_samples": 32}},
+                      budget)
+    m = res.metrics
+    b = m["batch_final"]
+    assert b > 16  # the freed memory went into the batch
+    assert m["dynhp_dense_peak_at_batch_bytes"] == estimate_training_memory(
+        graph.build_compact(graph.full_mask()), b, (1, 28, 28), "sgd").total_bytes
+    assert m["dynhp_dense_peak_at_batch_bytes"] > budget  # dense would not fit at that batch
+    assert 0 < m["dynhp_memory_saved_at_batch_frac"] < 1

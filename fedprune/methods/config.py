@@ -72,22 +72,21 @@ class DynHPConfig:
 
 @dataclass
 class SeReNeConfig:
-    """SeReNe: sensitivity-driven shrinking of whole neurons, then plateau-triggered thresholding.
+    """SeReNe: sensitivity-driven shrinking of whole neurons, then neuron-norm thresholding.
 
-    Per step: ``w <- w - lmbda * w * max(0, 1 - S_n)`` for every parameter of neuron ``n`` (weights and
-    bias), where ``S_n = sensitivity_scale / C * mean_{batch, positions} |d(sum_k y_k)/d a_n|``
-    (``sensitivity="lower_bound"``, one extra backward) or ``... * sum_k mean |dy_k/d a_n|``
-    (``"full"``, C extra backwards), computed every ``sensitivity_every`` steps. After ``pwe``
-    evaluations (epochs) without a validation-loss improvement, weights below the largest global
-    magnitude threshold that raises the validation loss by at most ``twt`` (relative) are zeroed; a
-    neuron whose incoming weights are all zero is physically removed. ``threshold_samples`` validation
-    samples are used for that search. The accepted loss is also at most ``base + twt * (chance -
-    base)`` and below ``chance`` (the entropy of those samples' labels: the best constant predictor),
-    so a barely trained model is never thresholded to nothing.
+    Per step (every ``sensitivity_every`` steps): ``S_n = (1/C) sum_k mean |dy_k/da_n|`` (eq. 2, one
+    batched backward), normalised per layer to ``clamp(sensitivity_scale * S_n / max_layer S, 0, 1)``;
+    every parameter of neuron ``n`` then becomes ``w <- w - lmbda * w * (1 - S_n)``.
+    ``sensitivity = "none"`` is the "l2 + pruning" control (``S = 0``: uniform decay). After ``pwe``
+    evaluations (epochs) without a validation-loss improvement, the neurons whose parameter norm
+    relative to their layer's largest is under the largest global threshold that raises the
+    validation loss on ``threshold_samples`` samples by at most ``twt`` (relative; and at most a
+    ``twt`` fraction of the gain over the chance-level loss) are removed physically
+    (``remove_neurons``).
     """
 
     lmbda: float = 1e-4
-    sensitivity: str = "lower_bound"
+    sensitivity: str = "eq2"
     sensitivity_scale: float = 1.0
     sensitivity_every: int = 1
     pwe: int = 0
@@ -99,7 +98,7 @@ class SeReNeConfig:
         """Raise ``ValueError`` naming the first bad field; return ``self`` when all are valid."""
         m = "serene"
         _check(0.0 <= self.lmbda < 1.0, m, "lmbda", self.lmbda, "must be in [0, 1)")
-        _choice(m, "sensitivity", self.sensitivity, ("lower_bound", "full"))
+        _choice(m, "sensitivity", self.sensitivity, ("eq2", "none"))
         _check(self.sensitivity_scale > 0, m, "sensitivity_scale", self.sensitivity_scale, "must be > 0")
         _check(self.sensitivity_every >= 1, m, "sensitivity_every", self.sensitivity_every, "must be >= 1")
         _check(self.pwe >= 0, m, "pwe", self.pwe, "must be >= 0")
@@ -121,6 +120,8 @@ class NEqConfig:
     (its weight gradient is not computed at all). Defaults: ``mu_eq = 0`` because eq. 3 weighs the
     first similarity ``phi^0`` (about 1) by ``mu^t``, which keeps every neuron "moving" for the
     first ~log(eps)/log(mu) evaluations, i.e. for most of a run of a few epochs/rounds.
+    ``mode = "stochastic"`` is the paper's control: each neuron is frozen for an epoch with
+    probability ``stochastic_p`` (draws seeded by ``seed`` and the evaluation count).
     """
 
     eps: float = 0.02
@@ -128,10 +129,15 @@ class NEqConfig:
     val_samples: int = 256
     max_spatial: int = 8
     skip_layer_grad: bool = True
+    mode: str = "neq"
+    stochastic_p: float = 0.5
+    seed: int = 0
 
     def validate(self) -> "NEqConfig":
         """Raise ``ValueError`` naming the first bad field; return ``self`` when all are valid."""
         m = "neq"
+        _choice(m, "mode", self.mode, ("neq", "stochastic"))
+        _check(0.0 <= self.stochastic_p <= 1.0, m, "stochastic_p", self.stochastic_p, "must be in [0, 1]")
         _check(self.eps >= 0, m, "eps", self.eps, "must be >= 0")
         _check(0.0 <= self.mu_eq < 1.0, m, "mu_eq", self.mu_eq, "must be in [0, 1)")
         _check(self.val_samples >= 1, m, "val_samples", self.val_samples, "must be >= 1")

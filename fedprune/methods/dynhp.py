@@ -4,7 +4,15 @@ Schedule. The fraction of the dense model's parameters to keep at total training
 (``p = (round_idx * epochs + epoch + fraction of the epoch) / (num_rounds * epochs)``) is
 ``kept_fraction(p)`` (cubic by default, see :func:`~fedprune.methods.schedules.kept_fraction`); it
 reaches ``1 - target_compression`` at ``end_progress`` and stays there. A pruning event happens
-``prunes_per_epoch`` times per local epoch (evenly spaced in samples, the last at the epoch's end).
+``prunes_per_epoch`` times per local epoch, at the middle of each of ``prunes_per_epoch`` equal
+slices of the epoch, so every event is followed by training steps (a client never uploads a model
+pruned after its last step). Optimizer state (momentum) of the surviving neurons is carried across
+each removal (:mod:`~fedprune.methods.optim_carry`).
+
+Memory at the run's own batch: the freed memory goes into the batch, so the saving that matters is
+what the *dense* model would need at the batch the pruned model trained with; ``metrics`` reports
+both estimated step peaks at the final batch (``dynhp_dense_peak_at_batch_bytes``,
+``dynhp_peak_at_batch_bytes``) and the fraction saved.
 
 Score (the brief leaves it open; this is the choice). ``taylor`` (default): the first-order Taylor
 estimate of the loss change when the neuron's output is removed, measured on ``score_samples``
@@ -34,6 +42,7 @@ import torch.nn.functional as F
 
 from fedprune.methods.base import Method
 from fedprune.methods.config import DynHPConfig
+from fedprune.methods.optim_carry import restore_rows, save_rows
 from fedprune.methods.schedules import kept_fraction
 from fedprune.methods.serene import site_norms
 
@@ -107,6 +116,16 @@ def taylor_scores(ctx, samples: int) -> dict[str, np.ndarray]:
     return {g: (t / n).numpy() for g, t in totals.items()}
 
 
+def peaks_at_batch(ctx) -> tuple[int, int]:
+    """Estimated step peaks ``(dense model, current model)`` at the current batch (plain SGD step)."""
+    from fedprune.memory import estimate_training_memory
+
+    dense = ctx.graph.build_compact(ctx.graph.full_mask())
+    b, shape, opt = int(ctx.batch_size), ctx.input_shape, ctx.cfg.optimizer
+    return (int(estimate_training_memory(dense, b, shape, opt).total_bytes),
+            int(estimate_training_memory(ctx.model, b, shape, opt).total_bytes))
+
+
 def normalize_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Divide each group's scores by their L2 norm (all-zero groups stay zero)."""
     out = {}
@@ -140,16 +159,28 @@ class DynHP(Method):
 
         self._dense_params = count_params_for(ctx.graph, NeuronMask.full(ctx.graph))
 
+    def detach(self, ctx) -> None:
+        """Keep the optimizer state of the current model (dense-indexed) for the next ``attach``."""
+        self._carry = save_rows(ctx.graph, ctx.mask, ctx.model, ctx.optimizer)
+
+    def attach(self, ctx) -> None:
+        """Give the surviving neurons of the new model their optimizer state back."""
+        carry, self._carry = getattr(self, "_carry", {}), {}
+        if carry:
+            restore_rows(ctx.graph, ctx.mask, ctx.model, ctx.optimizer, carry)
+
     def epoch_start(self, ctx):
         """Reset the within-epoch pruning points."""
         self._cut = 1
         return None
 
     def step_end(self, ctx):
-        """At each of the ``prunes_per_epoch`` points of the epoch, prune toward the schedule."""
+        """At the middle of each of the ``prunes_per_epoch`` slices of the epoch, prune toward the
+        schedule (never after the epoch's last step)."""
         k = self.cfg.prunes_per_epoch
         fire = False
-        while self._cut <= k and ctx.epoch_fraction >= self._cut / k - 1e-9:
+        while self._cut <= k and ctx.epoch_fraction >= (self._cut - 0.5) / k - 1e-9 \
+                and ctx.epoch_fraction < 1.0:
             self._cut += 1
             fire = True
         return self.prune_now(ctx) if fire else None
@@ -256,7 +287,11 @@ class DynHP(Method):
         """Events, neurons removed, the schedule's last kept fraction and the compression reached."""
         alive = count_params_for(ctx.graph, ctx.mask)
         dense = self._dense_params or alive
+        dense_peak, peak = peaks_at_batch(ctx)
         return {
+            "dynhp_dense_peak_at_batch_bytes": int(dense_peak),
+            "dynhp_peak_at_batch_bytes": int(peak),
+            "dynhp_memory_saved_at_batch_frac": float(1.0 - peak / dense_peak) if dense_peak else 0.0,
             "dynhp_events": int(self.events),
             "dynhp_neurons_removed": int(self.removed),
             "dynhp_target_kept_frac": float(self.last_target),

@@ -14,11 +14,21 @@ Per neuron ``i`` and evaluation ``t`` (the start of every local epoch):
   evaluation it takes part in. The flags are recomputed at every evaluation: a frozen neuron whose
   velocity rises again (its inputs keep changing) thaws.
 
-A frozen neuron gets no update at all: its parameter slices get a zero gradient, are restored after
-the optimizer step (so weight decay, momentum and other methods cannot move them) and their momentum
-rows (``momentum_buffer``, Adam's ``exp_avg``) are zeroed, so nothing carries over when it thaws. A
-parameter whose slices are all frozen gets ``requires_grad=False`` (``skip_layer_grad``): autograd
-then skips its weight gradient, a real wall-clock saving.
+A frozen neuron gets no optimizer update, and its gradient is not computed:
+
+* a parameter whose slices are all frozen gets ``requires_grad=False`` (``skip_layer_grad``); when
+  the leading layers are wholly frozen their outputs need no gradient, so autograd never enters them;
+* a Conv2d/Linear layer with some frozen output neurons computes its weight gradient for the active
+  rows only (:mod:`~fedprune.methods.partial_grad`); the frozen rows get ``-weight_decay * w``, which
+  cancels the optimizer's decay term (SGD, Adam), so their update is exactly zero;
+* any other frozen slice (BatchNorm affine, depthwise rows) gets the same value from a gradient hook.
+
+Momentum rows of frozen neurons (``momentum_buffer``, Adam's ``exp_avg``) are zeroed once when they
+freeze, so they stay zero and nothing carries over when the neuron thaws. Nothing is copied per step.
+Other methods' own weight edits (SeReNe's decay) still apply to frozen neurons.
+
+Stochastic control (``mode = "stochastic"``, the paper's Table 5): at every epoch each neuron is
+frozen with probability ``stochastic_p``, independently of its velocity.
 
 State (dense-relative, so it survives rounds and structural changes) is plain numpy: previous outputs
 (float16), previous ``phi``, velocity, frozen flags and the number of measured similarities per
@@ -34,9 +44,29 @@ import torch
 import torch.nn.functional as F
 
 from fedprune.methods.base import Method
+from fedprune.methods import partial_grad
 from fedprune.methods.config import NEqConfig
 
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")
+
+
+def neutral_decay(optimizer) -> float:
+    """The weight decay a frozen row's gradient must cancel (``-wd * w``) so its update is zero.
+
+    SGD and Adam add ``wd * w`` to the gradient; AdamW decays the weights directly, which no
+    gradient can cancel (frozen rows then still decay): 0.
+    """
+    if optimizer is None or isinstance(optimizer, torch.optim.AdamW):
+        return 0.0
+    return float(optimizer.param_groups[0].get("weight_decay", 0.0) or 0.0)
+
+
+def _frozen_rows_hook(param: torch.nn.Parameter, dim: int, idx: torch.Tensor, decay: float):
+    """A gradient hook giving rows ``idx`` of ``param`` the gradient ``-decay * w`` (zero update)."""
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        rows = param.detach().index_select(dim, idx) * (-decay) if decay else 0.0
+        return grad.index_fill(dim, idx, 0.0) if not decay else grad.index_copy(dim, idx, rows)
+    return hook
 
 
 def velocity_step(phi: np.ndarray, phi_prev: np.ndarray, v_prev: np.ndarray, mu_eq: float) -> np.ndarray:
@@ -95,9 +125,9 @@ class NEq(Method):
         self.vel: dict[str, np.ndarray] = {}
         self.frozen: dict[str, np.ndarray] = {}  # group -> (dense_size,) bool
         self.nphi: dict[str, np.ndarray] = {}   # group -> (dense_size,) int: similarities measured
-        self._slices: list[tuple[torch.nn.Parameter, int, torch.Tensor]] = []
-        self._saved: list[tuple[torch.nn.Parameter, int, torch.Tensor, torch.Tensor, dict]] = []
         self._nograd: list[torch.nn.Parameter] = []
+        self._partial: dict[str, torch.nn.Module] = {}
+        self._hooks: list = []
         self._frozen_hist: list[float] = []
         self._eval_seconds = 0.0
         self._positions: dict[str, int] | None = None
@@ -260,10 +290,23 @@ class NEq(Method):
             self.frozen[g][dead] = False
             nphi[dead] = 0  # a revived neuron starts over (its stored outputs are zeros)
 
+    def _draw(self, ctx) -> None:
+        """Stochastic control: every alive neuron is frozen for the epoch with probability ``p``."""
+        self.evals += 1
+        rng = np.random.default_rng([int(self.cfg.seed), int(self.evals)])
+        for g, site in ctx.sites.items():
+            fr = np.zeros(site.dense_size, dtype=bool)
+            fr[site.alive] = rng.random(len(site.alive)) < self.cfg.stochastic_p
+            self.frozen[g] = fr
+            self.phi.setdefault(g, np.zeros(site.dense_size))
+            self.vel.setdefault(g, np.zeros(site.dense_size))
+
     # ------------------------------------------------------------------ freezing
     def _apply_freeze(self, ctx, record: bool = True) -> None:
         self._release(ctx)
         frozen_layers: dict[str, float] = {}
+        decay = neutral_decay(ctx.optimizer)
+        modules = dict(ctx.model.named_modules())
         for g, site in ctx.sites.items():
             fr = self.frozen.get(g)
             if fr is None or len(fr) != site.dense_size:
@@ -271,15 +314,7 @@ class NEq(Method):
             local = fr[site.alive]
             if not local.any():
                 continue
-            which = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
-            all_frozen = bool(local.all())
-            for ps in site.params:
-                idx = ps.pos.index_select(0, which)
-                if all_frozen and self.cfg.skip_layer_grad and len(ps.pos) == ps.param.shape[ps.dim]:
-                    ps.param.requires_grad_(False)
-                    self._nograd.append(ps.param)
-                self._slices.append((ps.param, ps.dim, idx))
-                self._zero_momentum(ctx, ps.param, ps.dim, idx)
+            self._freeze_site(ctx, site, local, modules, decay)
             for layer in site.layers:
                 frozen_layers[layer] = float(local.mean())
         ctx.frozen_fraction = frozen_layers
@@ -289,6 +324,33 @@ class NEq(Method):
         if record:
             self._frozen_hist.append(frozen_total / max(1, alive_total))
         ctx.costs_changed()
+
+    def _freeze_site(self, ctx, site, local: np.ndarray, modules, decay: float) -> None:
+        """Freeze the ``local`` (alive-order) neurons of ``site``: no gradient for their rows.
+
+        A wholly frozen parameter loses ``requires_grad``; a conv/linear whose output rows are this
+        site's neurons gets partial weight gradients; any other slice gets a gradient hook.
+        """
+        which = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
+        active = torch.as_tensor(np.flatnonzero(~local), dtype=torch.long)
+        all_frozen = bool(local.all())
+        for ps in site.params:
+            idx = ps.pos.index_select(0, which)
+            self._zero_momentum(ctx, ps.param, ps.dim, idx)
+            whole = len(ps.pos) == ps.param.shape[ps.dim]
+            if all_frozen and self.cfg.skip_layer_grad and whole:
+                ps.param.requires_grad_(False)
+                self._nograd.append(ps.param)
+                continue
+            mname, _, attr = ps.name.rpartition(".")
+            mod = modules.get(mname)
+            if (not all_frozen and whole and ps.dim == 0 and attr in ("weight", "bias")
+                    and mod is not None and partial_grad.supports(mod)):
+                if mname not in self._partial:
+                    partial_grad.install(mod, ps.pos.index_select(0, active), decay)
+                    self._partial[mname] = mod
+                continue
+            self._hooks.append(ps.param.register_hook(_frozen_rows_hook(ps.param, ps.dim, idx, decay)))
 
     @staticmethod
     def _zero_momentum(ctx, param, dim, idx) -> None:
@@ -301,9 +363,11 @@ class NEq(Method):
     def _release(self, ctx) -> None:
         for p in self._nograd:
             p.requires_grad_(True)
-        self._nograd = []
-        self._slices = []
-        self._saved = []
+        for mod in self._partial.values():
+            partial_grad.uninstall(mod)
+        for h in self._hooks:
+            h.remove()
+        self._nograd, self._partial, self._hooks = [], {}, []
         ctx.frozen_fraction = {}
 
     # ------------------------------------------------------------------ hooks
@@ -322,38 +386,13 @@ class NEq(Method):
 
         t0 = time.perf_counter()
         self._release(ctx)
-        self._evaluate(ctx)
+        if self.cfg.mode == "stochastic":
+            self._draw(ctx)
+        else:
+            self._evaluate(ctx)
         self._apply_freeze(ctx)
         self._eval_seconds += time.perf_counter() - t0
         return None
-
-    def after_backward(self, ctx) -> None:
-        """Zero frozen gradients and snapshot frozen rows (weights + optimizer state)."""
-        self._saved = []
-        for param, dim, idx in self._slices:
-            if not param.requires_grad:
-                continue
-            if param.grad is not None:
-                param.grad.index_fill_(dim, idx, 0.0)
-            st = ctx.optimizer.state.get(param, {})
-            keep = {k: v.index_select(dim, idx).clone() for k, v in st.items()
-                    if isinstance(v, torch.Tensor) and v.shape == param.shape and k not in MOMENTUM_KEYS}
-            self._saved.append((param, dim, idx, param.detach().index_select(dim, idx).clone(), keep))
-
-    def after_step(self, ctx) -> None:
-        """Restore frozen rows exactly; zero their momentum rows (no carry-over)."""
-        with torch.no_grad():
-            for param, dim, idx, rows, keep in self._saved:
-                param.index_copy_(dim, idx, rows)
-                st = ctx.optimizer.state.get(param, {})
-                for k, v in st.items():
-                    if not isinstance(v, torch.Tensor) or v.shape != param.shape:
-                        continue
-                    if k in keep:
-                        v.index_copy_(dim, idx, keep[k])
-                    else:  # momentum, or state the optimizer created in this very step
-                        v.index_fill_(dim, idx, 0.0)
-        self._saved = []
 
     def metrics(self, ctx) -> dict[str, Any]:
         """Frozen fraction at the last evaluation, its mean over epochs, evaluations and their cost."""

@@ -1,145 +1,132 @@
-"""SeReNe: Sensitivity-based Regularization of Neurons, with neurons physically removed.
+"""SeReNe: Sensitivity-based Regularization of Neurons, with whole neurons removed physically.
 
-Neuron sensitivity (eq. 2 of the paper) is the mean absolute derivative of the network outputs
-``y_k`` (logits, ``C`` of them) w.r.t. the neuron's activity ``a_n``. It is measured at the output of
-the module that produces the neuron (conv/linear, or the BatchNorm after it), i.e. before a
-functional ReLU, exactly where the reference code hooks; for ReLU this equals the post-activation
-derivative gated by the neuron being on, so a neuron that never fires has zero sensitivity.
+Sensitivity (eq. 2 of the paper). For a neuron ``n`` with activity ``a_n`` and network outputs
+``y_k`` (the ``C`` logits), ``S_n = (1/C) * sum_k |dy_k / da_n|``. The activity is the output of the
+module that produces the neuron (conv/linear, or the BatchNorm after it), i.e. before a functional
+ReLU, where the reference code hooks. For a convolution the absolute derivative is averaged over the
+batch and the channel's spatial positions, for a linear layer over the batch. All ``C`` derivatives
+come from one batched backward (``autograd.grad(..., is_grads_batched=True)`` with the ``C`` one-hot
+output directions), so the cost is one vectorised backward, not ``C`` of them.
 
-* ``lower_bound`` (default; one extra backward of the summed outputs):
-  ``S_n = scale / C * mean_{b, positions} |d(sum_k y_{b,k}) / d a_{n,b,pos}|``
-* ``full`` (``C`` extra backwards): ``S_n = scale / C * sum_k mean_{b, positions} |dy_{b,k} / d a_n|``
+Normalisation. Raw sensitivities are tiny (0.002-0.08 on LeNet-5), so ``1 - S`` would be ~1 for
+every neuron and all would decay alike. Each layer's sensitivities are therefore divided by their
+maximum (times ``sensitivity_scale``, clamped to [0, 1]): the most sensitive neuron of a layer is
+not regularised, a neuron the outputs do not depend on decays at the full rate ``lmbda``.
 
-The mean runs over the batch and the spatial positions **of each channel separately** (the public
-reference averages channel 0 for every channel, a known bug). After the optimizer step, every
-parameter slice of neuron ``n`` (weight row, bias, BatchNorm affine) is updated as
-``w <- w - lmbda * w * max(0, 1 - S_n)``. At the end of each epoch the PWE/TWT scheduler may zero
-weights under a global magnitude threshold (with the chance-level guard of
-:mod:`~fedprune.methods.thresholding`: a model no better than the constant predictor is not
-thresholded, and thresholding never brings it down to that level); a neuron whose incoming weights
-are then all zero (constant output, folded into the consumers by the surgery) or whose outgoing
-weights are all zero (output never used) is removed physically (returned mask -> ``graph.prune``).
+Update. After the optimizer step every parameter of neuron ``n`` (weight row, bias, BatchNorm affine)
+becomes ``w <- w - lmbda * w * (1 - S_n)``. ``sensitivity = "none"`` sets ``S = 0``: uniform weight
+decay of every neuron followed by the same neuron pruning, the paper's "l2 + pruning" control.
+
+Neuron pruning. At the end of an epoch the PWE trigger may fire; then each neuron's *relative norm*
+(L2 norm of all its parameters over the largest such norm in its layer) is compared with one global
+threshold ``T``: the largest ``T`` whose removal of every neuron below it raises the validation loss by
+at most ``twt`` (relative, with the chance-level guard of
+:func:`~fedprune.methods.schedules.loss_bound`) on ``threshold_samples`` validation samples. Removal
+is simulated exactly by zeroing the neurons' incoming weights (their constant output is what the
+surgery folds into the consumers), then the neurons go in the returned mask (``graph.prune``). The
+largest neuron of each layer (relative norm 1) is never removed. Neurons whose incoming or outgoing
+weights are all zero are removed too. There is no per-weight thresholding here (that is LOBSTER).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from fedprune.methods.base import Method
 from fedprune.methods.config import SeReNeConfig
+from fedprune.methods.schedules import PlateauTrigger, label_entropy, search_threshold
+from fedprune.methods.sensitivity import SensitivityProbe
 from fedprune.methods.serene_memory import SensitivityPassMemory
-from fedprune.methods.thresholding import MagnitudePruner, mask_bytes
 
 
-class SensitivityProbe:
-    """Per-channel output sensitivity of chosen module outputs, from one extra backward.
+def normalized_sensitivity(raw: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``clamp(scale * raw / max(raw), 0, 1)`` (all zeros when ``raw`` is all zero)."""
+    top = raw.max() if raw.numel() else raw.new_zeros(())
+    if float(top) <= 0.0:
+        return torch.zeros_like(raw)
+    return torch.clamp(scale * raw / top, 0.0, 1.0)
 
-    ``outputs`` maps a module name of ``model`` to the group names whose neurons are that module's
-    output channels (dim 1). While armed, the probe keeps the first hooked output of the forward pass
-    (the input of the extra ``autograd.grad``) and reduces every hooked gradient to a per-channel
-    mean of absolute values as it flows by, so no activation-sized gradient is kept.
-    """
 
-    def __init__(self, model: nn.Module, outputs: Mapping[str, list[tuple[str, torch.Tensor | None]]]):
-        self.armed = False
-        self._collect = False
-        self._first: torch.Tensor | None = None
-        self._acc: dict[str, torch.Tensor] = {}
-        self._cnt: dict[str, int] = {}
-        modules = dict(model.named_modules())
-        self._handles = [modules[m].register_forward_hook(self._hook(list(entries)))
-                         for m, entries in outputs.items()]
+@torch.no_grad()
+def shrink_neurons(site, insensitivity: torch.Tensor, lmbda: float) -> None:
+    """``w <- w - lmbda * w * insensitivity[n]`` on every parameter slice of every neuron of ``site``."""
+    for ps in site.params:
+        p = ps.param
+        if insensitivity.numel() != len(ps.pos):
+            continue
+        factor = torch.ones(p.shape[ps.dim], dtype=p.dtype, device=p.device)
+        factor[ps.pos] = 1.0 - lmbda * insensitivity.to(p.dtype)
+        shape = [1] * p.dim()
+        shape[ps.dim] = -1
+        p.mul_(factor.view(shape))
 
-    def _hook(self, entries: list[tuple[str, torch.Tensor | None]]):
-        def fn(mod, inp, out):
-            if not (self.armed and isinstance(out, torch.Tensor) and out.requires_grad):
-                return
-            if self._first is None:
-                self._first = out
 
-            def grad_hook(g: torch.Tensor):
-                if self._collect:
-                    dims = [d for d in range(g.dim()) if d != 1]
-                    red = g.detach().abs().mean(dim=dims)  # per channel: mean over batch, positions
-                    for name, pos in entries:
-                        r = red if pos is None else red.index_select(0, pos)
-                        self._acc[name] = self._acc[name] + r if name in self._acc else r
-                        self._cnt[name] = self._cnt.get(name, 0) + 1
-                return None
+def relative_norms(site) -> np.ndarray:
+    """Each neuron's parameter L2 norm over the largest one of its layer, (alive,) in [0, 1]."""
+    n = site_norms(site)
+    top = float(n.max()) if n.size else 0.0
+    return n / top if top > 0 else np.ones_like(n)
 
-            out.register_hook(grad_hook)
-        return fn
 
-    def compute(self, outputs: torch.Tensor, mode: str = "lower_bound",
-                scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """Sensitivity per group (1-D tensor over its channels) for the armed forward's ``outputs``.
+class NeuronThreshold:
+    """PWE-triggered search of the global relative-norm threshold (see the module docstring)."""
 
-        Uses ``retain_graph=True``, so the training loss can still be backpropagated afterwards.
-        Disarms the probe. Returns ``{}`` when nothing was hooked.
+    def __init__(self, pwe: int, twt: float, samples: int):
+        self.trigger = PlateauTrigger(pwe)
+        self.twt = float(twt)
+        self.samples = int(samples)
+        self.last_threshold = 0.0
+        self.events = 0
+
+    def select(self, ctx) -> dict[str, np.ndarray]:
+        """On a plateau, per group the (alive,) bool vector of neurons to remove; ``{}`` otherwise.
+
+        Guarantee: the validation loss with those neurons' incoming weights zeroed was within
+        ``loss_bound(base, twt, chance)``; weights are restored before returning.
         """
-        first, self._first = self._first, None
-        self.armed = False
-        if first is None:
+        base = ctx.val_loss(self.samples)
+        if not self.trigger.update(base):
             return {}
-        c = outputs.shape[1]
-        self._acc, self._cnt = {}, {}
-        self._collect = True
-        try:
-            if mode == "lower_bound":
-                torch.autograd.grad(outputs.sum(), first, retain_graph=True)
-            elif mode == "full":
-                for k in range(c):
-                    torch.autograd.grad(outputs[:, k].sum(), first, retain_graph=True)
-            else:
-                raise ValueError(f"unknown sensitivity mode {mode!r}")
-        finally:
-            self._collect = False
-        acc, cnt = self._acc, self._cnt
-        self._acc, self._cnt = {}, {}
-        per_pass = c if mode == "full" else 1
-        # ``full`` sums over the C passes (sum_k); several output modules of a group are averaged.
-        return {g: (scale / c) * v * per_pass / cnt[g] for g, v in acc.items()}
+        rel = {g: relative_norms(s) for g, s in ctx.sites.items() if any(p.is_weight for p in s.params)}
+        cand = np.sort(np.concatenate([r[r < 1.0] for r in rel.values()] or [np.zeros(0)]))
+        if cand.size == 0:
+            return {}
+        rows = {g: [ps for ps in ctx.sites[g].params if ps.is_weight] for g in rel}
+        backup = {id(ps.param): ps.param.detach().clone() for v in rows.values() for ps in v}
 
-    def remove(self) -> None:
-        """Remove the forward hooks."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._first = None
+        def loss_at(t: float) -> float:
+            with torch.no_grad():
+                for g, r in rel.items():
+                    drop = torch.as_tensor(np.flatnonzero(r < t), dtype=torch.long)
+                    for ps in rows[g]:
+                        ps.param.index_fill_(ps.dim, ps.pos.index_select(0, drop), 0.0)
+                loss = ctx.val_loss(self.samples)
+                for v in rows.values():
+                    for ps in v:
+                        ps.param.copy_(backup[id(ps.param)])
+            return loss
 
-
-def neuron_sensitivity(model: nn.Module, x: torch.Tensor,
-                       outputs: Mapping[str, list[tuple[str, torch.Tensor | None]]],
-                       mode: str = "lower_bound", scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """SeReNe sensitivity of the given module outputs' channels on input batch ``x`` (one forward).
-
-    ``outputs`` maps a module name to ``[(group, positions or None for all channels), ...]``.
-
-    See the module docstring for the formula. Guarantee: entry ``c`` of a group's tensor only
-    depends on channel ``c``'s gradient (per-channel mean over batch and positions).
-    """
-    probe = SensitivityProbe(model, outputs)
-    try:
-        probe.armed = True
-        with torch.enable_grad():
-            y = model(x)
-            return probe.compute(y, mode, scale)
-    finally:
-        probe.remove()
+        y = getattr(ctx, "val_y", None)
+        chance = None if y is None else label_entropy(np.asarray(y[: self.samples]))
+        t, frac, _ = search_threshold(np.append(cand, 1.0), loss_at, base, self.twt, chance_loss=chance)
+        if t <= 0.0 or frac <= 0.0:
+            return {}
+        self.last_threshold = t
+        self.events += 1
+        return {g: r < t for g, r in rel.items()}
 
 
 class SeReNe(Method):
-    """Sensitivity-driven neuron shrinking + PWE/TWT thresholding + physical neuron removal."""
+    """Eq. 2 sensitivity-driven neuron shrinking + neuron-norm thresholding + physical removal."""
 
     name = "serene"
 
     def __init__(self, cfg: SeReNeConfig):
         super().__init__(cfg)
-        self.pruner = MagnitudePruner(cfg.pwe, cfg.twt, cfg.threshold_samples)
+        self.threshold = NeuronThreshold(cfg.pwe, cfg.twt, cfg.threshold_samples)
         self.probe: SensitivityProbe | None = None
         self.sens: dict[str, torch.Tensor] = {}
         self._sites = {}
@@ -148,16 +135,22 @@ class SeReNe(Method):
         self._sens_n = 0
         self.removed = 0
 
+    @property
+    def uses_sensitivity(self) -> bool:
+        """False for the ``l2 + pruning`` control (``sensitivity = "none"``: S = 0, no extra backward)."""
+        return self.cfg.sensitivity != "none"
+
     def attach(self, ctx) -> None:
-        """Hook the sites' output modules; weight masks become ``w != 0``."""
-        self.pruner.attach(ctx.model)
+        """Hook the sites' output modules (not for the ``none`` control)."""
         self._sites = ctx.sites
+        self.sens = {}
+        if not self.uses_sensitivity:
+            return
         outputs: dict[str, list[tuple[str, torch.Tensor]]] = {}
         for g, site in ctx.sites.items():
             for mname, pos in site.outputs:
                 outputs.setdefault(mname, []).append((g, pos))
         self.probe = SensitivityProbe(ctx.model, outputs)
-        self.sens = {}
 
     def detach(self, ctx) -> None:
         """Remove the hooks."""
@@ -166,20 +159,14 @@ class SeReNe(Method):
             self.probe = None
         self.sens = {}
 
-    def step_memory(self, ctx) -> SensitivityPassMemory:
-        """The extra backward of an armed step, on exactly the outputs the probe hooks."""
+    def step_memory(self, ctx) -> SensitivityPassMemory | None:
+        """The batched eq. 2 backward of an armed step, on exactly the outputs the probe hooks."""
+        if not self.uses_sensitivity:
+            return None
         hooked = None
         if ctx.sites:
             hooked = tuple(sorted({mod for site in ctx.sites.values() for mod, _ in site.outputs}))
         return SensitivityPassMemory(hooked)
-
-    def kept_tensor_bytes(self, ctx) -> int:
-        """The weight masks: one bool per conv/linear weight."""
-        return mask_bytes(ctx.model)
-
-    def kept_tensors(self) -> list:
-        """The weight masks of the bound model."""
-        return list(self.pruner.masks.values())
 
     def before_forward(self, ctx) -> None:
         """Arm the probe on every ``sensitivity_every``-th step."""
@@ -188,49 +175,44 @@ class SeReNe(Method):
         self._step += 1
 
     def after_forward(self, ctx, outputs, loss) -> None:
-        """The extra backward(s) for the sensitivity (only on armed steps)."""
+        """The batched extra backward for eq. 2 (only on armed steps)."""
         if self.probe is None or not self.probe.armed:
             return
-        self.sens = self.probe.compute(outputs, self.cfg.sensitivity, self.cfg.sensitivity_scale)
+        self.sens = self.probe.compute(outputs)
         for v in self.sens.values():
             self._sens_sum += float(v.sum())
             self._sens_n += int(v.numel())
 
-    def after_backward(self, ctx) -> None:
-        """Pruned weights get no gradient."""
-        self.pruner.mask_grads()
-
     @torch.no_grad()
     def after_step(self, ctx) -> None:
-        """``w <- w - lmbda * w * max(0, 1 - S_n)`` on every slice of neuron ``n``; re-zero pruned."""
+        """``w <- w - lmbda * w * (1 - S_n / max_layer S)`` on every slice of neuron ``n``."""
         lm = self.cfg.lmbda
-        if lm > 0 and self.sens:
-            for g, s in self.sens.items():
-                site = self._sites.get(g)
-                if site is None:
+        if lm <= 0:
+            return
+        for g, site in self._sites.items():
+            if self.uses_sensitivity:
+                raw = self.sens.get(g)
+                if raw is None:
                     continue
-                ins = torch.clamp(1.0 - s, min=0.0)
-                for ps in site.params:
-                    p = ps.param
-                    if ins.numel() != len(ps.pos):
-                        continue
-                    factor = torch.ones(p.shape[ps.dim], dtype=p.dtype, device=p.device)
-                    factor[ps.pos] = 1.0 - lm * ins.to(p.dtype)
-                    shape = [1] * p.dim()
-                    shape[ps.dim] = -1
-                    p.mul_(factor.view(shape))  # w <- w - lmbda * w * max(0, 1 - S), in place
-        self.pruner.enforce()
+                ins = 1.0 - normalized_sensitivity(raw, self.cfg.sensitivity_scale)
+            else:
+                ins = torch.ones(len(site.alive))
+            shrink_neurons(site, ins, lm)
 
     def epoch_end(self, ctx):
-        """PWE/TWT thresholding, then a mask without the neurons whose weights are all zero."""
-        self.pruner.maybe_prune(ctx)
+        """Neuron-norm thresholding on a plateau, plus neurons without inputs or outputs: a mask."""
+        below = self.threshold.select(ctx)
         if not self.cfg.remove_neurons:
             return None
         arrays = ctx.mask.to_arrays()
         changed = False
         for g, site in ctx.sites.items():
             dead = dead_neurons(site)
-            if dead is None or not dead.any():
+            if dead is None:
+                continue
+            if g in below:
+                dead = dead | below[g]
+            if not dead.any():
                 continue
             if dead.all():  # a group must keep one neuron: keep the one with the largest norm
                 dead[int(np.argmax(site_norms(site)))] = False
@@ -244,24 +226,21 @@ class SeReNe(Method):
         return NeuronMask.from_arrays(ctx.graph, arrays)
 
     def metrics(self, ctx) -> dict[str, Any]:
-        """Weight sparsity, thresholding events, removed neurons, mean sensitivity."""
-        nz, total = self.pruner.counts()
+        """Thresholding events, the last relative-norm threshold, removed neurons, mean raw eq. 2 S."""
         return {
-            "serene_nonzero_weights": int(nz),
-            "serene_sparsity": float(1.0 - nz / max(1, total)),
-            "serene_prune_events": int(self.pruner.prune_events),
-            "serene_threshold": float(self.pruner.last_threshold),
+            "serene_prune_events": int(self.threshold.events),
+            "serene_threshold": float(self.threshold.last_threshold),
             "serene_neurons_removed": int(self.removed),
             "serene_sensitivity_mean": float(self._sens_sum / self._sens_n) if self._sens_n else 0.0,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The plateau trigger's scalars (weight masks are re-derived from the weights)."""
-        return {f"trigger/{k}": v for k, v in self.pruner.trigger.state_dict().items()}
+        """The plateau trigger's scalars."""
+        return {f"trigger/{k}": v for k, v in self.threshold.trigger.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the plateau trigger."""
-        self.pruner.trigger.load_state_dict(
+        self.threshold.trigger.load_state_dict(
             {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("trigger/")})
 
 

@@ -34,7 +34,7 @@ class LocalTrainer:
         self.epoch_callback = epoch_callback
         self.budget = BatchBudget(ctx, methods)
         self.stats: dict[str, Any] = {
-            "structural_changes": 0, "steps": 0, "samples": 0, "backward_seconds": 0.0,
+            "structural_changes": 0, "steps": 0, "samples": 0, "backward_seconds": 0.0, "step_seconds": 0.0,
             "flops_dense": 0.0, "flops_unfrozen": 0.0, "flops": 0.0,
         }
         self.dense_reference_flops = 0
@@ -87,6 +87,7 @@ class LocalTrainer:
         """One optimizer step with every method's step hooks; returns (loss, correct predictions)."""
         ctx = self.ctx
         model, opt = ctx.model, ctx.optimizer
+        t_step = time.perf_counter()
         for m in self.methods:
             m.before_forward(ctx)
         opt.zero_grad(set_to_none=True)
@@ -102,6 +103,7 @@ class LocalTrainer:
         opt.step()
         for m in self.methods:
             m.after_step(ctx)
+        self.stats["step_seconds"] += time.perf_counter() - t_step  # forward to the methods' last hook
         correct = int((out.detach().argmax(1) == yb).sum())
         return float(loss.detach()), correct
 

@@ -59,6 +59,7 @@ def _trained(trainer, losses: dict[str, float], neurons_before: int) -> dict[str
         "steps": int(st["steps"]), "samples_seen": int(st["samples"]),
         **_flops(st),
         "backward_seconds": float(st["backward_seconds"]),
+        "step_seconds": float(st["step_seconds"]),
         "structural_changes": int(st["structural_changes"]),
         "neurons_pruned": int(neurons_before - ctx.mask.num_alive()),
         "nonzero_params": nonzero_params(ctx.model),

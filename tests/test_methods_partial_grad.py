@@ -1,0 +1,116 @@
+"""Partial weight gradients (NEq's frozen rows) and autograd not entering wholly frozen layers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedprune.methods import partial_grad
+from fedprune.methods.config import NEqConfig
+from fedprune.methods.neq import NEq
+from fedprune.methods.sites import build_sites
+from fedprune.models import build_model, example_input
+from fedprune.surgery import NeuronGraph, NeuronMask
+
+
+def _grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    return {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("layer", ["conv2", "fc1"])
+def test_active_rows_get_the_dense_gradient_and_frozen_rows_none(layer):
+    torch.manual_seed(0)
+    model = build_model("lenet5", seed=0)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    dense = _grads(model, x, y)
+    mod = getattr(model, layer)
+    n = mod.weight.shape[0]
+    active = torch.tensor([i for i in range(n) if i % 3 != 1])
+    frozen = torch.tensor([i for i in range(n) if i % 3 == 1])
+    partial_grad.install(mod, active)
+    part = _grads(model, x, y)
+    for name in dense:  # every other gradient (inputs of earlier layers included) is unchanged
+        if name.startswith(layer + "."):
+            continue
+        assert torch.allclose(part[name], dense[name], rtol=1e-4, atol=1e-6), name
+    for attr in ("weight", "bias"):
+        g, d = part[f"{layer}.{attr}"], dense[f"{layer}.{attr}"]
+        assert torch.allclose(g[active], d[active], rtol=1e-4, atol=1e-6)
+        assert (g[frozen] == 0).all() and (d[frozen] != 0).any()
+    partial_grad.uninstall(mod)
+    assert "forward" not in mod.__dict__
+    restored = _grads(model, x, y)
+    assert torch.allclose(restored[f"{layer}.weight"], dense[f"{layer}.weight"])
+
+
+def test_frozen_rows_cancel_weight_decay():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    partial_grad.install(lin, torch.tensor([0, 2]), weight_decay=0.1)
+    w0 = lin.weight.detach().clone()
+    opt = torch.optim.SGD(lin.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        lin(torch.randn(5, 4)).pow(2).sum().backward()
+        opt.step()
+    assert torch.allclose(lin.weight[1].detach(), w0[1], rtol=0, atol=1e-7)
+    assert not torch.allclose(lin.weight[0].detach(), w0[0])
+
+
+def test_install_rejects_bad_input():
+    with pytest.raises(ValueError, match="unsupported"):
+        partial_grad.install(nn.Conv2d(4, 4, 3, groups=4), torch.tensor([0]))
+    with pytest.raises(ValueError, match="active rows"):
+        partial_grad.install(nn.Linear(3, 2), torch.tensor([2]))
+
+
+def _ctx(model, graph, mask, x):
+    return SimpleNamespace(model=model, sites=build_sites(graph, model, mask), val_x=x, eval_batch=16,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), frozen_fraction={},
+                           costs_changed=lambda: None)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_wholly_frozen_first_layer_is_never_entered_by_backward():
+    dense = build_model("lenet5", seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    x = torch.randn(16, 1, 28, 28)
+    ctx = _ctx(model, graph, mask, x)
+    neq = NEq(NEqConfig())
+    neq.frozen = {"conv1": np.ones(20, dtype=bool), "conv2": np.arange(50) % 2 == 0}
+    neq._apply_freeze(ctx)
+    entered = []
+    model.conv1.register_full_backward_hook(lambda *a: entered.append("conv1"))
+    model.conv2.register_full_backward_hook(lambda *a: entered.append("conv2"))
+    F.cross_entropy(model(x), torch.randint(0, 10, (16,))).backward()
+    assert entered == ["conv2"]
+    assert model.conv1.weight.grad is None and model.conv1.bias.grad is None
+    assert (model.conv2.weight.grad[::2] == 0).all() and (model.conv2.weight.grad[1::2] != 0).any()
+    assert "forward" in model.conv2.__dict__  # the partial-gradient layer
+    neq.detach(ctx)
+    assert all(p.requires_grad for p in model.parameters()) and "forward" not in model.conv2.__dict__
+
+
+def test_stochastic_control_freezes_about_p_of_the_neurons():
+    dense = build_model("lenet5", seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    ctx = _ctx(model, graph, mask, torch.randn(16, 1, 28, 28))
+    neq = NEq(NEqConfig(mode="stochastic", stochastic_p=0.2, seed=3))
+    fracs = []
+    for _ in range(5):
+        neq.epoch_start(ctx)
+        fracs.append(float(np.mean(np.concatenate([f for f in neq.frozen.values()]))))
+    neq.detach(ctx)
+    assert 0.15 < np.mean(fracs) < 0.25 and len(set(fracs)) > 1  # a fresh draw every epoch
+    assert neq.metrics(ctx)["neq_frozen_frac_mean"] == pytest.approx(np.mean(fracs))
