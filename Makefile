@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STAMP_FILE := $(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: data
 
 test: data
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
+
+# unit + integration tests without the slow (Ray, subprocess) runs: under two minutes
+test-fast: data
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 -m "not slow" tests/unit tests/integration
 
 bench: data
 	$(BIN)/python bench/run_all.py

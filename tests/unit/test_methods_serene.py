@@ -13,17 +13,9 @@ from fedprune.methods.config import SeReNeConfig
 from fedprune.methods.sensitivity import neuron_sensitivity
 from fedprune.methods.serene import SeReNe, dead_neurons
 from fedprune.methods.sites import NeuronSite, ParamSlice, build_sites
-from fedprune.models import build_model, example_input
-from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.models import build_model
+from fedprune.surgery import NeuronMask
 from fedprune.train import ClientData, TrainConfig, train_local
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class Toy(nn.Module):
@@ -134,12 +126,6 @@ def test_l2_control_decays_every_neuron_alike_without_a_probe():
     w0 = m.conv.weight.detach().clone()
     method.after_step(None)
     assert torch.allclose(m.conv.weight.detach(), 0.9 * w0)
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    dense = build_model("lenet5", seed=0)
-    return dense, NeuronGraph.from_model(dense, example_input())
 
 
 def test_neurons_with_zero_incoming_weights_are_removed(lenet):

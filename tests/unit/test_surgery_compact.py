@@ -13,15 +13,6 @@ from fedprune.surgery import (FoldedConv2d, MaskError, NeuronGraph, NeuronMask, 
 from fedprune.surgery.testing import outputs_close, randomize_constants
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spinning makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SIZE = {"resnet18": 16, "mobilenet_v2": 16}  # small inputs keep the big nets fast
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from support import ROOT
+
 from fedprune.process_tree import LAUNCH_ENV
 from fedprune.results import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = """
 [run]

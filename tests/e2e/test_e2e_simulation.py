@@ -3,18 +3,18 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 import torch
+
+from support import ROOT
 
 from fedprune.data import load_dataset
 from fedprune.results import read_metrics
 from fedprune.model_file import load_model
 from fedprune.train import evaluate
 
-ROOT = Path(__file__).resolve().parent.parent
 
 TINY = """
 [run]

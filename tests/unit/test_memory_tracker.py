@@ -9,15 +9,6 @@ from fedprune.memory import CATEGORIES, OptimizerSpec, PeakMemoryTracker, estima
 from fedprune.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Real steps run single-threaded: on a shared 2-core box OpenMP oversubscription costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_counts_allocations_and_frees():
     with PeakMemoryTracker() as t:
         a = torch.empty(1000)  # 4000 B

@@ -6,34 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from support import synthetic_images as synthetic
+
 from fedprune.memory import OptimizerSpec
 from fedprune.methods.config import NEqConfig
 from fedprune.methods.neq import cosine_rows, neuron_outputs, velocity_eq3, velocity_step
-from fedprune.models import build_model, example_input
-from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.surgery import NeuronMask
 from fedprune.train import ClientData, TrainConfig, train_local
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def synthetic(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(123))
-    y = torch.randint(0, 10, (n,), generator=g)
-    return templates[y] + 0.5 * torch.randn(n, 1, 28, 28, generator=g), y
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    dense = build_model("lenet5", seed=0)
-    graph = NeuronGraph.from_model(dense, example_input())
-    return dense, graph
 
 
 # ------------------------------------------------------------------ eq. 3

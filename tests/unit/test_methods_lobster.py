@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from fedprune.memory import estimate_training_memory
 from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
 from fedprune.train import ClientData, TrainConfig, train_local
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_lobster_zeros_do_not_free_memory():

@@ -15,24 +15,9 @@ from fedprune.memory import OptimizerSpec
 from fedprune.methods import MethodEntry, register, unregister
 from fedprune.methods.base import Method
 from fedprune.methods.serene_memory import SensitivityPassMemory
-from fedprune.models import build_model, example_input
-from fedprune.surgery import NeuronGraph, NeuronMask
+from fedprune.surgery import NeuronMask
 from fedprune.train import ClientData, ReferenceStep, TrainConfig, evaluate, train_local
 from fedprune.train.centralized import run_centralized
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    dense = build_model("lenet5", seed=0)
-    return dense, NeuronGraph.from_model(dense, example_input())
 
 
 def tensors(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,17 +1,17 @@
 """Device profiles and fleets: profile file, client -> device/budget/methods, one-line config errors."""
 
 import tomllib
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import ROOT
+
 from fedprune.config import ConfigError, config_from_dict, load_config
 from fedprune.fleet import (DEFAULT_PROFILES, client_devices, client_profile, fleet_table,
                             load_profiles, parse_profiles)
 
-ROOT = Path(__file__).resolve().parent.parent
 MIXED = {"fleet": {"num-clients": 6, "devices": "pi-zero-2w:2, pi4-2gb:3, jetson-nano:1"},
          "memory": {"budget": "constant", "budget-mb": 1.0}}
 

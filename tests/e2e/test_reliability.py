@@ -5,16 +5,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from support import ROOT
 
 from fedprune.config import FAULT_KINDS, config_from_dict
 from fedprune.faults import draw_fault
 from fedprune.results import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 
 BASE = """
 [run]

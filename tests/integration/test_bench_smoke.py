@@ -8,11 +8,11 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 sys.path.insert(0, str(ROOT / "bench"))
 SCRIPTS = ["bench_memory_model", "bench_surgery", "bench_adherence", "bench_serene", "bench_neq",
            "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale"]
@@ -60,7 +60,7 @@ def test_results_page_has_a_section_table_and_figure_per_benchmark(tmp_path):
             assert "| --- |" in section, name
     for link in re.findall(r"\]\((figures/[^)]+)\)", page):
         assert (tmp_path / link).stat().st_size > 1000, link
-    from fedprune.bench_sections import SERENE_PAPER
+    from sections import SERENE_PAPER
 
     paper_row = ("| SeReNe compression (non-zero params) | LeNet-5 / MNIST | "
                  f"{SERENE_PAPER['compression']}x | LeNet-5 / Fashion-MNIST | ")

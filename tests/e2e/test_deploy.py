@@ -125,7 +125,7 @@ def _fedprune(*args: str, timeout: float = 300):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "fedprune.cli", *args], cwd=Path(__file__).parent.parent,
+    return subprocess.run([sys.executable, "-m", "fedprune.cli", *args], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=timeout)
 
 

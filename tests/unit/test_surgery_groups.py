@@ -11,15 +11,6 @@ from fedprune.models import MODEL_NAMES, build_model, example_input
 from fedprune.surgery import NeuronGraph
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spinning makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.lru_cache(maxsize=None)
 def graph(name: str) -> NeuronGraph:
     return NeuronGraph.from_model(build_model(name, seed=0), example_input())

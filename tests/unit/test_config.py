@@ -1,14 +1,14 @@
 """Config schema: loading, one-line errors for bad input, Flower's flat form, pyproject sync."""
 
 import tomllib
-from pathlib import Path
 
 import pytest
+
+from support import ROOT
 
 from fedprune.config import (ConfigError, ExperimentConfig, config_from_dict, config_from_flat,
                              flat_defaults, flatten, load_config, to_dict)
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_shipped_config_loads():

@@ -13,15 +13,6 @@ from fedprune.surgery import (FoldedConv2d, NeuronGraph, NeuronMask, count_flops
 from fedprune.surgery.testing import outputs_close, randomize_constants
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spinning makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.lru_cache(maxsize=None)
 def setup(name: str):
     model = randomize_constants(build_model(name, seed=0), seed=3).eval()

@@ -15,15 +15,6 @@ from fedprune.models import build_model
 SHAPE = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Real steps run single-threaded: on a shared 2-core box OpenMP oversubscription costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rel(a, b):
     return abs(a - b) / b
 

@@ -6,34 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from support import synthetic_client_data as synthetic
+
 from fedprune.memory import estimate_training_memory
 from fedprune.methods.dynhp import count_params_for, normalize_scores
-from fedprune.models import build_model, example_input
-from fedprune.surgery import NeuronGraph, NeuronMask
-from fedprune.train import ClientData, TrainConfig, train_local
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    dense = build_model("lenet5", seed=0)
-    return dense, NeuronGraph.from_model(dense, example_input())
-
-
-def synthetic(n: int, seed: int = 0) -> ClientData:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(123))
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = t[y] + 0.5 * torch.randn(n, 1, 28, 28, generator=g)
-    k = n * 3 // 4
-    return ClientData(x[:k], y[:k], x[k:], y[k:])
+from fedprune.surgery import NeuronMask
+from fedprune.train import TrainConfig, train_local
 
 
 def test_normalize_scores_unit_norm_per_group():

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from support import ROOT
+
 from fedprune.launch import console_tool, free_port
 from fedprune.results import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 _WORKER_SHIM = ("import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
                 "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()")

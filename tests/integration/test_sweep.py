@@ -11,16 +11,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from support import ROOT
 
 from fedprune.config import ConfigError
 from fedprune.results import read_metrics, write_json, write_metrics
 from fedprune.study.sweep import (CHECKPOINT_FILE, LOCK_FILE, MANIFEST_FILE, Sweep, SweepError, expand,
                             load_sweep, run_ids, run_status)
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = """
 [run]
 name = "base"
@@ -151,7 +151,7 @@ def test_sweep_killed_midway_resumes_where_it_stopped(sweep_file, tmp_path):
     log = tmp_path / "log.txt"
     out = tmp_path / "out"
     env = dict(os.environ, FAKE_SWEEP_LOG=str(log), FAKE_SWEEP_SLEEP="0.3",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "fedprune.cli", "sweep", str(sweep_file), "--out", str(out),
                              "--runner", "test_sweep:fake_runner", "--quiet"],
                             env=env, cwd=tmp_path, start_new_session=True,
@@ -244,7 +244,7 @@ def test_two_sweeps_cannot_share_a_folder(sweep_file, tmp_path):
 def test_sigterm_stops_the_sweep_cleanly(sweep_file, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, FAKE_SWEEP_SLEEP="0.5",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "fedprune.cli", "sweep", str(sweep_file), "--out", str(out),
                              "--runner", "test_sweep:fake_runner", "--parallel", "2"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -301,7 +301,7 @@ def test_out_refuses_another_sweeps_folder(sweep_file, tmp_path, capsys):
     other = tmp_path / "other.toml"
     other.write_text(GRID.replace('name = "t"', 'name = "u"'))
     assert main(["sweep", str(other), "--out", str(out), "--quiet",
-                 "--runner", "tests.test_sweep:fake_runner"]) == 2
+                 "--runner", "tests.integration.test_sweep:fake_runner"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "another sweep" in err and "\n" not in err
     assert sorted(str(p) for p in out.rglob("*")) == before
@@ -311,7 +311,7 @@ def test_a_sweep_where_no_client_trained_ends_non_zero(sweep_file, tmp_path, cap
     from fedprune.cli import main
 
     code = main(["sweep", str(sweep_file), "--out", str(tmp_path / "o"), "--quiet",
-                 "--runner", "tests.test_sweep:untrained_runner"])
+                 "--runner", "tests.integration.test_sweep:untrained_runner"])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no client trained in any round of 8 run(s)")
@@ -321,7 +321,7 @@ def test_a_sweep_whose_clients_trained_ends_zero(sweep_file, tmp_path):
     from fedprune.cli import main
 
     assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "o"), "--quiet",
-                 "--runner", "tests.test_sweep:fake_runner"]) == 0
+                 "--runner", "tests.integration.test_sweep:fake_runner"]) == 0
 
 
 def _data_available():

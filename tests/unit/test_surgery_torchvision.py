@@ -15,15 +15,6 @@ from fedprune.surgery import NeuronGraph, NeuronMask, SurgeryError
 from fedprune.surgery.testing import outputs_close, randomize_constants
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spinning makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str) -> torch.nn.Module:
     kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
     torch.manual_seed(0)

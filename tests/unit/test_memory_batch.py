@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,15 +13,6 @@ from fedprune.models import build_model
 SHAPE = (1, 28, 28)
 LENET = build_model("lenet5", seed=0)
 SGD = OptimizerSpec("sgd")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Real steps run single-threaded: on a shared 2-core box OpenMP oversubscription costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @settings(max_examples=40, deadline=None)

@@ -4,19 +4,9 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
 from fedprune.models import build_model, example_input
 from fedprune.surgery import MaskError, NeuronGraph, NeuronMask
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spinning makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=None)

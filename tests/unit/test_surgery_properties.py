@@ -8,7 +8,6 @@ exactly; a further random prune of the compact model stays exact as well.
 import functools
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,14 +16,6 @@ from fedprune.models import build_model, example_input
 from fedprune.surgery import NeuronGraph, NeuronMask
 from fedprune.surgery.testing import outputs_close, randomize_constants
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core box OpenMP spinning makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SMALL = ["lenet5", "lenet300", "resnet8", "vgg"]
 SIZE = {"mobilenet_v2": 12}

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from support import ROOT
+
 from fedprune.checkpoint import save_checkpoint
 from fedprune.config import config_from_dict, dumps_toml, to_dict
 from fedprune.global_model import GlobalModel
 from fedprune.resume import ResumeError, resume_state
 from fedprune.results import write_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS_DONE = 3
 
 
