@@ -500,30 +500,46 @@ class Sweep:
     # -------------------------------------------------------------- one run
 
     def _execute(self, plan: RunPlan, display: _Display) -> str:
+        """Run (or resume) one planned run; returns its final status."""
         run_dir = self.run_dir(plan.id)
         status = run_status(run_dir)
         if status == "done":
             return "done"
-        resumed_from = 0
-        try:
-            if status == "resumable":
-                resumed_from = len(read_metrics(run_dir))
-                cfg, run_dir = prepare_run_dir(plan.config, None, str(run_dir))
-            else:
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)
-                cfg, run_dir = prepare_run_dir(plan.config, str(run_dir), None)
-        except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
-            self._update(plan.id, status="failed", error=f"{type(err).__name__}: {err}")
-            display.log(f"FAILED {plan.id}: could not prepare its folder: {err}")
-            display.end_run(plan.id)
+        prepared = self._prepare(plan, run_dir, status, display)
+        if prepared is None:
             return "failed"
+        cfg, run_dir, resumed_from = prepared
         attempts = self._entry(plan.id)["attempts"] + 1
         self._update(plan.id, status="running", attempts=attempts, started=_now(), finished=None,
                      error=None, exit_code=None, resumed_from_round=resumed_from or None)
         display.start_run(plan.id, cfg.run.num_rounds)
         if resumed_from:
             display.log(f"{plan.id}: resuming after round {resumed_from}")
+        t0 = time.perf_counter()
+        code, error = self._launch(plan, cfg, run_dir, display)
+        return self._finish(plan, run_dir, code, error, t0, display)
+
+    def _prepare(self, plan: RunPlan, run_dir: Path, status: str,
+                 display: _Display) -> tuple[ExperimentConfig, Path, int] | None:
+        """The run's folder, ready to launch (resumed, or cleaned and new); None when it failed."""
+        try:
+            if status == "resumable":
+                resumed_from = len(read_metrics(run_dir))
+                cfg, run_dir = prepare_run_dir(plan.config, None, str(run_dir))
+                return cfg, run_dir, resumed_from
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            cfg, run_dir = prepare_run_dir(plan.config, str(run_dir), None)
+            return cfg, run_dir, 0
+        except Exception as err:  # noqa: BLE001 - recorded; the other runs go on
+            self._update(plan.id, status="failed", error=f"{type(err).__name__}: {err}")
+            display.log(f"FAILED {plan.id}: could not prepare its folder: {err}")
+            display.end_run(plan.id)
+            return None
+
+    def _launch(self, plan: RunPlan, cfg: ExperimentConfig, run_dir: Path,
+                display: _Display) -> tuple[int | None, str | None]:
+        """Run the runner with a poll that follows metrics.jsonl; (exit code, error or None)."""
         seen = {"mtime": 0.0}
 
         def on_poll() -> None:
@@ -538,17 +554,18 @@ class Sweep:
                 seen["mtime"] = mtime
                 display.update_run(plan.id, read_metrics(run_dir))
 
-        t0 = time.perf_counter()
-        code: int | None = None
-        error = None
         try:
-            code = int(self.runner(cfg, run_dir, on_poll))
+            return int(self.runner(cfg, run_dir, on_poll)), None
         except SweepInterrupted:
-            error = "interrupted"
+            return None, "interrupted"
         except Exception as err:  # noqa: BLE001 - one failed run must not end the sweep
-            error = f"{type(err).__name__}: {err}"
+            return None, f"{type(err).__name__}: {err}"
         finally:
             display.end_run(plan.id)
+
+    def _finish(self, plan: RunPlan, run_dir: Path, code: int | None, error: str | None, t0: float,
+                display: _Display) -> str:
+        """Record how the run ended in the manifest and on the display; returns its status."""
         ok = (run_dir / SUMMARY_FILE).is_file()
         if ok:
             state = "done"
