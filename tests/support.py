@@ -24,3 +24,29 @@ def synthetic_client_data(n: int, seed: int = 0):
     x, y = synthetic_images(n, seed)
     k = n * 3 // 4
     return ClientData(x[:k], y[:k], x[k:], y[k:])
+
+
+SMALL_RUN = """
+[run]
+name = "{name}"
+seed = {seed}
+num-rounds = {rounds}
+[data]
+max-samples-per-client = {samples}
+[train]
+batch-size = 32
+min-batch = 8
+[methods]
+enabled = "neq+dynhp"
+[memory]
+budget = "constant"
+budget-mb = 8.0
+[fleet]
+num-clients = {clients}
+min-clients = 2
+"""
+
+
+def small_run_config(name: str, rounds: int, clients: int, seed: int, samples: int) -> str:
+    """A small federated run (LeNet-5, neq+dynhp under 8 MB) as TOML text, for end-to-end tests."""
+    return SMALL_RUN.format(name=name, rounds=rounds, clients=clients, seed=seed, samples=samples)

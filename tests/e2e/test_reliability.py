@@ -9,32 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from support import ROOT
+from support import ROOT, small_run_config
 
 from fedprune.config import FAULT_KINDS, config_from_dict
 from fedprune.faults import draw_fault
 from fedprune.results import read_metrics
 
 
-BASE = """
-[run]
-name = "{name}"
-seed = 3
-num-rounds = {rounds}
-[data]
-max-samples-per-client = 240
-[train]
-batch-size = 32
-min-batch = 8
-[methods]
-enabled = "neq+dynhp"
-[memory]
-budget = "constant"
-budget-mb = 8.0
-[fleet]
-num-clients = {clients}
-min-clients = 2
-"""
 
 
 def simulate(*args, timeout=900):
@@ -62,7 +43,7 @@ def test_every_fault_kind_is_a_counted_failure_and_never_poisons(tmp_path):
     clients, rounds = 6, 2
     seed = fault_seed(clients, rounds, kinds, rate=0.5)
     cfg = tmp_path / "faults.toml"
-    cfg.write_text(BASE.format(name="faults", rounds=rounds, clients=clients)
+    cfg.write_text(small_run_config("faults", rounds, clients, seed=3, samples=240)
                    + f'[faults]\nrate = 0.5\nkinds = "{",".join(kinds)}"\nseed = {seed}\n'
                    + "[simulation]\nround-timeout = 45.0\n")
     out = tmp_path / "run"
@@ -92,7 +73,7 @@ def test_every_fault_kind_is_a_counted_failure_and_never_poisons(tmp_path):
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     cfg = tmp_path / "resume.toml"
     rounds = 6  # SIGTERM lands after round 1; the rounds left are the margin for it to take effect
-    cfg.write_text(BASE.format(name="resume", rounds=rounds, clients=3))
+    cfg.write_text(small_run_config("resume", rounds, 3, seed=3, samples=240))
     straight = tmp_path / "straight"
     proc = simulate(str(cfg), "--out", str(straight))
     assert proc.returncode == 0, proc.stderr

@@ -14,31 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT
+from support import ROOT, small_run_config
 
 from fedprune.process_tree import LAUNCH_ENV
 from fedprune.results import read_metrics
 
 
-CONFIG = """
-[run]
-name = "stop"
-seed = 5
-num-rounds = {rounds}
-[data]
-max-samples-per-client = 200
-[train]
-batch-size = 32
-min-batch = 8
-[methods]
-enabled = "neq+dynhp"
-[memory]
-budget = "constant"
-budget-mb = 8.0
-[fleet]
-num-clients = 3
-min-clients = 2
-"""
 
 
 def run_processes(run_dir: Path) -> list[str]:
@@ -76,7 +57,7 @@ def wait_rounds(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 
 def test_sigterm_stops_every_process_and_resume_matches_an_uninterrupted_run(tmp_path):
     rounds = 6
     cfg = tmp_path / "stop.toml"
-    cfg.write_text(CONFIG.format(rounds=rounds))
+    cfg.write_text(small_run_config("stop", rounds, 3, seed=5, samples=200))
     killed = (tmp_path / "killed").resolve()
     p = subprocess.Popen(fedprune("simulate", str(cfg), "--out", str(killed)), cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
