@@ -34,6 +34,8 @@ the target. The mask is returned to the trainer, which removes the neurons with
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -170,20 +172,33 @@ class DynHP(Method):
             restore_rows(ctx.graph, ctx.mask, ctx.model, ctx.optimizer, carry)
 
     def epoch_start(self, ctx):
-        """Reset the within-epoch pruning points."""
+        """Reset the within-epoch pruning points; prune now when the epoch is a single step."""
         self._cut = 1
-        return None
+        return self.prune_now(ctx) if self._due(ctx) else None
 
     def step_end(self, ctx):
         """At the middle of each of the ``prunes_per_epoch`` slices of the epoch, prune toward the
         schedule (never after the epoch's last step)."""
-        k = self.cfg.prunes_per_epoch
+        return self.prune_now(ctx) if self._due(ctx) else None
+
+    def _due(self, ctx) -> bool:
+        """Whether a pruning point has been reached at this step boundary (and consume it).
+
+        Point ``c`` of ``k`` lies at epoch fraction ``(c - 0.5) / k``. A point that falls inside the
+        epoch's last step is moved to the boundary before that step, so every event is followed by
+        training (an epoch of one step prunes before it).
+        """
+        k, f = self.cfg.prunes_per_epoch, ctx.epoch_fraction
+        if f >= 1.0:
+            return False
+        n, b = max(1, len(ctx.train_x)), max(1, int(ctx.batch_size))
+        last_start = (math.ceil(n / b) - 1) * b / n  # where the epoch's final step begins
+        reach = 1.0 if f >= last_start - 1e-9 else f  # before the last step: every point left
         fire = False
-        while self._cut <= k and ctx.epoch_fraction >= (self._cut - 0.5) / k - 1e-9 \
-                and ctx.epoch_fraction < 1.0:
+        while self._cut <= k and reach >= (self._cut - 0.5) / k - 1e-9:
             self._cut += 1
             fire = True
-        return self.prune_now(ctx) if fire else None
+        return fire
 
     def target_params(self, progress: float) -> int:
         """Parameters allowed at ``progress`` by the schedule."""

@@ -69,12 +69,35 @@ def test_no_pruning_event_after_the_last_step():
     fired = []
     method = DynHP(DynHPConfig(prunes_per_epoch=2))
     method.prune_now = lambda ctx: fired.append(ctx.epoch_fraction)
-    ctx = SimpleNamespace(epoch_fraction=0.0)
+    ctx = SimpleNamespace(epoch_fraction=0.0, train_x=torch.zeros(8, 1), batch_size=1)
     method.epoch_start(ctx)
     for f in (0.125, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0):
         ctx.epoch_fraction = f
         method.step_end(ctx)
     assert fired == [0.25, 0.75]  # the middles of the two halves; steps follow each event
+
+
+def test_an_epoch_of_one_step_prunes_before_it():
+    from types import SimpleNamespace
+
+    from fedprune.methods.config import DynHPConfig
+    from fedprune.methods.dynhp import DynHP
+
+    fired = []
+    method = DynHP(DynHPConfig(prunes_per_epoch=2))
+    method.prune_now = lambda ctx: fired.append(ctx.epoch_fraction)
+    ctx = SimpleNamespace(epoch_fraction=0.0, train_x=torch.zeros(180, 1), batch_size=180)
+    method.epoch_start(ctx)
+    ctx.epoch_fraction = 1.0
+    method.step_end(ctx)
+    assert fired == [0.0]  # one event, before the epoch's only step
+    fired.clear()  # three steps of 64 out of 150: the point at 0.75 moves before the last step
+    ctx = SimpleNamespace(epoch_fraction=0.0, train_x=torch.zeros(150, 1), batch_size=64)
+    method.epoch_start(ctx)
+    for f in (64 / 150, 128 / 150, 1.0):
+        ctx.epoch_fraction = f
+        method.step_end(ctx)
+    assert fired == [64 / 150, 128 / 150]
 
 
 def test_momentum_of_surviving_neurons_is_kept(lenet):
