@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
@@ -27,6 +28,7 @@ from fedprune.models import build_model, example_input
 from fedprune.prune_to_fit import prune_to_fit
 from fedprune.surgery import NeuronGraph, NeuronMask
 from fedprune.train import ClientData, TrainConfig, train_local
+from fedprune.train.budgeting import ReferenceStep
 
 
 @dataclass
@@ -94,7 +96,10 @@ class ClientRuntime:
                          if spec else None)
         self.methods = methods if methods is not None else cfg.methods.names
         self.train_cfg = TrainConfig.from_section(cfg.train, cfg.run.seed)
-        self.prune_floor = prune_to_fit_floor(build_methods(self.methods, cfg.methods.method_configs()))
+        methods_now = build_methods(self.methods, cfg.methods.method_configs())
+        self.prune_floor = prune_to_fit_floor(methods_now)
+        self.step_memory = tuple(a for m in methods_now
+                                 if (a := m.step_memory(SimpleNamespace(model=None, sites=None))) is not None)
 
     def budget_bytes(self, server_round: int) -> int | None:
         """This client's memory budget for a round (``None``: unbounded)."""
@@ -108,9 +113,10 @@ class ClientRuntime:
         return None
 
     def _train_fitting(self, model, mask, cfg, budget, method_state, server_round):
-        """``train_local``; when the model does not fit and a method may prune to fit, prune it to a
-        share of the budget (the methods' own tensors and extra passes need the rest) and try again,
-        with less each time. Returns (result, neurons pruned to fit)."""
+        """``train_local``; when the model does not fit and a method may prune to fit, prune it until
+        its training step (with the methods' extra passes) fits a share of the budget (the methods'
+        kept tensors need the rest) and try again, with less each time. Returns (result, neurons
+        pruned to fit)."""
         pre_pruned, share = 0, 1.0
         for _ in range(8):
             result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
@@ -119,7 +125,8 @@ class ClientRuntime:
             if not (result.metrics.get("does_not_fit") and budget is not None and self.prune_floor is not None):
                 break
             fitted = prune_to_fit(model, mask, self.graph, int(budget * share), self.input_shape,
-                                  cfg.optimizer, cfg.min_batch, self.cfg.memory.margin, self.prune_floor)
+                                  cfg.optimizer, cfg.min_batch, self.cfg.memory.margin, self.prune_floor,
+                                  step_fn=ReferenceStep(self.step_memory))
             share *= 0.8
             if fitted is None:
                 break

@@ -49,14 +49,16 @@ def shrink_mask(mask: NeuronMask, graph: NeuronGraph, norms: dict[str, np.ndarra
 
 def prune_to_fit(model: nn.Module, mask: NeuronMask, graph: NeuronGraph, budget_bytes: int,
                  input_shape: tuple[int, ...], optimizer: OptimizerSpec, min_batch: int,
-                 margin: float, min_neurons: int) -> tuple[nn.Module, NeuronMask] | None:
+                 margin: float, min_neurons: int, step_fn=None) -> tuple[nn.Module, NeuronMask] | None:
     """The least-pruned (model, mask) that trains at ``min_batch`` within the budget, or ``None``.
 
-    Returns the inputs unchanged when they already fit; ``None`` when even ``min_neurons`` per group
-    does not fit.
+    ``step_fn`` is the training step whose memory is predicted (the trainer's reference step with
+    the methods' extra passes; default: a plain step). Returns the inputs unchanged when they
+    already fit; ``None`` when even ``min_neurons`` per group does not fit.
     """
     def fits(m: nn.Module) -> bool:
-        return max_batch_size(m, budget_bytes, input_shape, optimizer, min_batch, min_batch, margin) >= min_batch
+        return max_batch_size(m, budget_bytes, input_shape, optimizer, min_batch, min_batch, margin,
+                              step_fn=step_fn) >= min_batch
 
     if fits(model):
         return model, mask

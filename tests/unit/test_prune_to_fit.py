@@ -46,3 +46,15 @@ def test_client_prunes_to_fit_before_training():
     plain = ClientRuntime(cfg, 0, 2, budget_spec=BudgetSpec("constant", mb=3.0), methods=["neq"])
     reply = plain.train_round(arrays, mask.to_arrays(), 1, None)
     assert reply.metrics["does_not_fit"] == 1 and reply.metrics["neurons_pruned_to_fit"] == 0
+
+
+def test_pruning_to_fit_counts_the_methods_extra_passes():
+    """SeReNe's eq. 2 pass needs about twice a plain step's memory: pruned to fit a plain step only,
+    the client would still not fit; pruned to fit the step it really runs, it trains."""
+    cfg = small_cfg("serene+dynhp", 3.0)
+    runtime = ClientRuntime(cfg, 0, 2)
+    mask = runtime.graph.full_mask()
+    arrays = state_to_numpy(runtime.graph.build_compact(mask).state_dict())
+    reply = runtime.train_round(arrays, mask.to_arrays(), 1, None)
+    assert reply.metrics["does_not_fit"] == 0 and reply.metrics["neurons_pruned_to_fit"] > 0
+    assert reply.metrics["measured_peak_bytes"] <= 3 * 2**20
