@@ -217,11 +217,11 @@ def serene_section(d: dict, fig_dir: Path) -> str:
                     + [SERENE_PAPER["neurons"], f"{SERENE_PAPER['compression']}x", "-",
                        f"{100 - SERENE_PAPER['error']:.2f}"])
     removed = d.get("neurons_removed_mean", {})
+    removed_txt = ", ".join(f"{k} {_fmt(v, '{:.0f}')}" for k, v in removed.items())
     out = (f"LeNet-5, {d.get('epochs')} epochs per run, seeds {d.get('seeds')}; mean ± std over seeds. Remaining "
            f"parameters are those of the physically compact model (the paper's row counts non-zero weights). "
            f"Accuracy loss of SeReNe vs the dense model: {_fmt(d.get('accuracy_loss_points'))} points; neurons "
-           f"removed (mean): SeReNe {_fmt(removed.get('SeReNe'), '{:.0f}')}, l2+pruning "
-           f"{_fmt(removed.get('l2+pruning'), '{:.0f}')}.\n\n" + md_table(head, rows))
+           f"removed (mean): {removed_txt}.\n\n" + md_table(head, rows))
     runs = d.get("runs", {})
     hist = (runs.get("SeReNe") or [{}])[0].get("history", [])
     hist_l2 = (runs.get("l2+pruning") or [{}])[0].get("history", [])
