@@ -62,6 +62,60 @@ def _arm(res: dict, neq: bool) -> dict:
     return arm
 
 
+def paired_step_timing(model_name: str, fractions=(0.25, 0.5), reps: int = 15, batch: int = 64) -> list[dict]:
+    """Whole-step time with a fraction of every layer's output rows on the partial-gradient path
+    against the dense step, alternated step by step so machine load hits both alike.
+
+    Per fraction ``f``: the first ``f`` of the output rows of every Conv2d/Linear except the
+    classifier are frozen through :mod:`fedprune.methods.partial_grad` (what NEq installs); returns
+    the backprop FLOPs saved by that freezing and the median step times (forward, backward, SGD step).
+    """
+    import statistics
+
+    import torch.nn.functional as F
+
+    from fedprune.methods import partial_grad
+    from fedprune.methods.flops import bprop_flops, dense_bprop_flops, layer_costs
+    from fedprune.models import build_model
+
+    model = build_model(model_name, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    layers = [(n, m) for n, m in model.named_modules() if partial_grad.supports(m)][:-1]
+    costs = layer_costs(model, x[:2])
+
+    def step() -> float:
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        return time.perf_counter() - t
+
+    out = []
+    for f in fractions:
+        dense, part = [], []
+        for i in range(reps + 2):
+            td = step()
+            for _, m in layers:
+                rows = m.weight.shape[0]
+                partial_grad.install(m, torch.arange(int(round(f * rows)), rows), 5e-4)
+            tp = step()
+            for _, m in layers:
+                partial_grad.uninstall(m)
+            if i >= 2:  # warm-up
+                dense.append(td)
+                part.append(tp)
+        saved = 1.0 - bprop_flops(costs, {n: f for n, _ in layers}) / dense_bprop_flops(costs)
+        ratio = statistics.median(part) / statistics.median(dense)
+        out.append({"frozen_fraction": f, "bprop_flops_saved_frac": saved, "dense_step_seconds": statistics.median(dense),
+                    "partial_step_seconds": statistics.median(part), "step_time_ratio": ratio,
+                    "step_time_saved_over_flops_saved": (1.0 - ratio) / saved if saved > 0 else None})
+        print(f"{model_name} paired step timing, {100 * f:.0f}% rows frozen: FLOPs saved {100 * saved:.1f}%, "
+              f"step time ratio {ratio:.3f}", flush=True)
+    return out
+
+
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs))
 
@@ -233,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         lr = 0.05
         control_seeds = {int(x) for x in a.control_seeds.split(",") if x.strip()}
         rows.append(run_model(model, epochs, lr, 64, seeds, ncfg, sub, control_seeds))
+        rows[-1]["paired_step_timing"] = paired_step_timing(model, reps=3 if a.quick else 15)
     out = {
         "benchmark": "neq", "quick": a.quick, "dataset": "fashion-mnist", "neq_config": ncfg.__dict__,
         "note": (f"resnet8 on {a.resnet_train_samples} training / {a.max_test_samples} test samples, "

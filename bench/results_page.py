@@ -119,6 +119,11 @@ def _neq(d: dict) -> list[Row]:
         rows.append((f"NEq {m}: measured step-time saving (shared machine)",
                      f"{_pct(r.get('step_time_saved_frac'))}", ">= 0.7 x FLOPs saving",
                      _met(t.get("step_time_saving_ge_0_7_flops_saving"))))
+        for p in r.get("paired_step_timing", []):
+            ok = (p.get("step_time_saved_over_flops_saved") or -1) >= 0.7
+            rows.append((f"NEq {m}: partial-gradient step vs dense step, {100 * p['frozen_fraction']:.0f}% rows frozen "
+                         f"(paired timing)", f"{_fmt(p['step_time_ratio'], '{:.3f}')}x at "
+                         f"{_pct(p['bprop_flops_saved_frac'])} FLOPs saved", ">= 0.7 x FLOPs saving", _met(ok)))
     return rows
 
 

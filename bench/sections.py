@@ -263,6 +263,15 @@ def neq_section(d: dict, fig_dir: Path) -> str:
     out = (_load_note(d) + "Step time: the whole training step (forward, backward, optimizer, the methods' hooks) "
            "plus NEq's per-epoch evaluations, per step, relative to the same seeds with NEq off.\n\n"
            + md_table(["model", "approach", "backprop FLOPs saved", "step time / baseline", "top-1 (%)"], rows))
+    paired = [(r.get("model"), f"{100 * p['frozen_fraction']:.0f}%", _fmt(100 * p["bprop_flops_saved_frac"], "{:.1f}%"),
+               _fmt(p["step_time_ratio"], "{:.3f}"), _fmt(p.get("step_time_saved_over_flops_saved")))
+              for r in res for p in r.get("paired_step_timing", [])]
+    if paired:
+        out += ("\nThe partial-gradient path alone, timed step by step against the dense step in alternation "
+                "(so machine load hits both alike): every layer but the classifier with the given fraction of "
+                "its output rows frozen.\n\n"
+                + md_table(["model", "rows frozen", "backprop FLOPs saved", "step time / dense step",
+                            "time saved / FLOPs saved"], paired))
 
     def mean_frozen(h: dict) -> float:
         ff = h.get("frozen_fraction") or {}
