@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "serene", "quick": a.quick, "model": "lenet5", "dataset": "fashion-mnist",
         "epochs": epochs, "seeds": seeds,
         "max_train_samples": sub.get("max_train_samples", 0),
-        "note": (f"{epochs} epochs on {sub.get('max_train_samples') or 'all'} training samples per run so 3 seeds x 3 "
+        "note": (f"{epochs} epochs on {sub.get('max_train_samples') or 'all'} training samples per run so 3 seeds x 4 "
                  f"arms fit ~25 minutes on 2 shared cores (the paper trains for hundreds of epochs)"),
         "serene_config": scfg.__dict__, "l2_configs": {k: c.__dict__ for k, c in l2cfgs.items()},
         "l2_arms_at_least_as_accurate": rivals, "train_config": first["train_config"],
