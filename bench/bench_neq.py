@@ -254,12 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1000 samples, 3 epochs")
     ap.add_argument("--epochs", type=int, default=10, help="epochs for lenet5")
-    ap.add_argument("--resnet-epochs", type=int, default=8,
+    ap.add_argument("--resnet-epochs", type=int, default=7,
                     help="epochs for resnet8 (its neurons settle later: savings grow with training)")
-    ap.add_argument("--resnet-train-samples", type=int, default=3000,
+    ap.add_argument("--resnet-train-samples", type=int, default=2000,
                     help="training subset for resnet8 (0 = all 60000) to keep the run in minutes")
     ap.add_argument("--models", default="resnet8")
-    ap.add_argument("--max-test-samples", type=int, default=3000, help="0 = all 10000")
+    ap.add_argument("--max-test-samples", type=int, default=2000, help="0 = all 10000")
     ap.add_argument("--control-seeds", default="0",
                     help="seeds that also run the fixed-p stochastic and constant-lr controls")
     ap.add_argument("--eps", type=float, default=NEqConfig.eps)
