@@ -99,7 +99,7 @@ def main() -> None:
     if a.quick:
         base, seeds = quick_config(base), seeds[:1]
     load_start, t0 = os.getloadavg(), time.perf_counter()
-    runs = []
+    runs: list[dict] = []
     for seed in seeds:
         seeded = dataclasses.replace(base, run=dataclasses.replace(base.run, seed=seed))
         pruned_cfg = dataclasses.replace(seeded, methods=dataclasses.replace(seeded.methods, enabled="serene+neq+dynhp"))
@@ -109,6 +109,12 @@ def main() -> None:
             pruned = run(pruned_cfg, Path(tmp), "serene-neq-dynhp")
         runs.append({"seed": seed, "fedavg": fedavg, "pruned": pruned, "ratios": ratios(fedavg, pruned)})
         print(f"seed {seed}: {json.dumps(runs[-1]['ratios'])}", flush=True)
+        result = summarize(runs, a, base, load_start, t0)  # written after every seed: nothing is lost
+    print(json.dumps({"ratios": result["ratios"], "targets_met": result["targets_met"]}, indent=2))
+
+
+def summarize(runs: list[dict], a, base, load_start, t0) -> dict:
+    """Mean +- std over the seeds run so far, targets on the means; written to the result file."""
     summary = {arm: mean_std([r[arm] for r in runs], NUMERIC) for arm in ("fedavg", "pruned")}
     summary["ratios"] = mean_std([r["ratios"] for r in runs], runs[0]["ratios"].keys())
     r = summary["ratios"]
@@ -118,14 +124,13 @@ def main() -> None:
         "upload_le_half": r["upload_bytes_vs_dense_fedavg"] <= 0.5,
         "wall_time_lt_1": r["wall_time"] < 1.0,
     }
-    note = ("" if not a.quick else "quick smoke run; ") + f"{len(seeds)} seeds x 2 runs of the config as written"
-    write_result("pipeline", {"config": str(Path(a.config).name), "quick": a.quick, "note": note,
-                              "rounds": base.run.num_rounds, "clients": base.fleet.num_clients, "seeds": seeds,
-                              "runs": runs, "summary": summary, "ratios": r, "targets_met": targets,
-                              "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-                              "wall_seconds": time.perf_counter() - t0}, a.out)
-    print(json.dumps({"ratios": r, "targets_met": targets}, indent=2))
-
+    note = ("quick smoke run; " if a.quick else "") + f"{len(runs)} seeds x 2 runs of the config as written"
+    out = {"config": str(Path(a.config).name), "quick": a.quick, "note": note,
+           "rounds": base.run.num_rounds, "clients": base.fleet.num_clients, "seeds": [x["seed"] for x in runs],
+           "runs": runs, "summary": summary, "ratios": r, "targets_met": targets,
+           "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "wall_seconds": time.perf_counter() - t0}
+    write_result("pipeline", out, a.out)
+    return out
 
 if __name__ == "__main__":
     main()
