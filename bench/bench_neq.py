@@ -1,17 +1,17 @@
-"""NEq on LeNet-5 and ResNet-8 / Fashion-MNIST, centralized: backprop FLOPs and time vs NEq off.
+"""NEq on ResNet-8 (and optionally LeNet-5) / Fashion-MNIST, centralized: backprop FLOPs and step time.
 
-For each model and each seed of ``--seeds`` (default 0,1), the same seed and epochs are trained with
-NEq off and then on. Reported per seed and as means over the seeds: backprop FLOPs per sample
-averaged over all steps (the accounting of ``fedprune.methods.flops``: weight-gradient FLOPs of
-frozen neurons are saved, input gradients only where autograd skips them), the measured wall time of
-``loss.backward()`` (summed, and per step: ``backward_time_per_step_ratio`` = on / off, so batch
-counts do not matter), test accuracy (and its spread over seeds, the noise floor of the accuracy
-target), and the frozen fraction. ``accuracy_loss_points`` is the mean over seeds of the paired
-(same seed) difference off - on.
+For each model and each seed of ``--seeds`` (default 0,1,2), the same seed and epochs are trained with
+NEq off and then on. Reported per seed and as mean +- std over the seeds: backprop FLOPs per sample
+averaged over all steps (``fedprune.methods.flops``: weight-gradient FLOPs of frozen neurons are
+saved, input gradients only where autograd skips them), the measured time per step of the *whole*
+step (forward, backward, optimizer, every method hook) plus NEq's per-epoch evaluations, the
+backward alone beside it, test accuracy, the frozen fraction, and how many layer-epochs ran the
+partial-gradient path or skipped autograd. ``accuracy_loss_points`` is the mean over seeds of the
+paired (same seed) difference off - on.
 
-Controls per seed (the paper's Table 5): stochastic freezing with p = 0.2, 0.5 and p matched to
-NEq's mean frozen fraction of that seed, and NEq at constant learning rate. Step time is the whole
-step (forward, backward, optimizer, the methods' hooks) plus NEq's per-epoch evaluations.
+Controls (the paper's Table 5): stochastic freezing with p matched to NEq's mean frozen fraction of
+the seed (every seed), stochastic p = 0.2 and 0.5 and NEq at constant learning rate (the seeds of
+``--control-seeds``).
 
 Targets: >= 25% fewer backprop FLOPs with <= 0.5 point accuracy loss, at least as accurate as the
 matched stochastic control, and a measured step-time saving >= 0.7 x the FLOPs saving.
@@ -55,9 +55,65 @@ def _arm(res: dict, neq: bool) -> dict:
            "wall_seconds": res["wall_seconds"]}
     if neq:
         arm.update({"frozen_frac_last_epoch": m["neq_frozen_frac"], "frozen_frac_mean": m["neq_frozen_frac_mean"],
-                    "eval_seconds": m["neq_eval_seconds"]})
+                    "eval_seconds": m["neq_eval_seconds"],
+                    "partial_grad_layer_epochs": m.get("neq_partial_grad_layer_epochs"),
+                    "no_grad_param_epochs": m.get("neq_no_grad_param_epochs")})
     arm["history"] = res["history"]
     return arm
+
+
+def paired_step_timing(model_name: str, fractions=(0.25, 0.5), reps: int = 15, batch: int = 64) -> list[dict]:
+    """Whole-step time with a fraction of every layer's output rows on the partial-gradient path
+    against the dense step, alternated step by step so machine load hits both alike.
+
+    Per fraction ``f``: the first ``f`` of the output rows of every Conv2d/Linear except the
+    classifier are frozen through :mod:`fedprune.methods.partial_grad` (what NEq installs); returns
+    the backprop FLOPs saved by that freezing and the median step times (forward, backward, SGD step).
+    """
+    import statistics
+
+    import torch.nn.functional as F
+
+    from fedprune.methods import partial_grad
+    from fedprune.methods.flops import bprop_flops, dense_bprop_flops, layer_costs
+    from fedprune.models import build_model
+
+    model = build_model(model_name, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    layers = [(n, m) for n, m in model.named_modules() if partial_grad.supports(m)][:-1]
+    costs = layer_costs(model, x[:2])
+
+    def step() -> float:
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        return time.perf_counter() - t
+
+    out = []
+    for f in fractions:
+        dense, part = [], []
+        for i in range(reps + 2):
+            td = step()
+            for _, m in layers:
+                rows = m.weight.shape[0]
+                partial_grad.install(m, torch.arange(int(round(f * rows)), rows), 5e-4)
+            tp = step()
+            for _, m in layers:
+                partial_grad.uninstall(m)
+            if i >= 2:  # warm-up
+                dense.append(td)
+                part.append(tp)
+        saved = 1.0 - bprop_flops(costs, {n: f for n, _ in layers}) / dense_bprop_flops(costs)
+        ratio = statistics.median(part) / statistics.median(dense)
+        out.append({"frozen_fraction": f, "bprop_flops_saved_frac": saved, "dense_step_seconds": statistics.median(dense),
+                    "partial_step_seconds": statistics.median(part), "step_time_ratio": ratio,
+                    "step_time_saved_over_flops_saved": (1.0 - ratio) / saved if saved > 0 else None})
+        print(f"{model_name} paired step timing, {100 * f:.0f}% rows frozen: FLOPs saved {100 * saved:.1f}%, "
+              f"step time ratio {ratio:.3f}", flush=True)
+    return out
 
 
 def _mean(xs: list[float]) -> float:
@@ -73,8 +129,9 @@ def _std(xs: list[float]) -> float:
 
 
 def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], ncfg: NEqConfig,
-              sub: dict) -> dict:
-    """NEq off and on with the same seeds (off, on, off, on, ...); figures are means over the seeds."""
+              sub: dict, control_seeds: set[int]) -> dict:
+    """NEq off, on and matched stochastic freezing for every seed; the fixed-p stochastic and
+    constant-lr controls for the seeds in ``control_seeds``. Figures are means over the seeds that ran."""
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
     per_seed = []
     for seed in seeds:
@@ -86,16 +143,17 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
         on, _ = run_centralized(model, cfg, "neq", {"neq": ncfg}, log=log, **sub)
         a_off, a_on = _arm(off, False), _arm(on, True)
         controls = {}
-        for name, p in (("stochastic_p0.2", 0.2), ("stochastic_p0.5", 0.5),
-                        ("stochastic_matched", a_on["frozen_frac_mean"])):
+        fixed = (("stochastic_p0.2", 0.2), ("stochastic_p0.5", 0.5)) if seed in control_seeds else ()
+        for name, p in (("stochastic_matched", a_on["frozen_frac_mean"]),) + fixed:
             sc = NEqConfig(**{**ncfg.__dict__, "mode": "stochastic", "stochastic_p": float(p), "seed": seed})
             print(f"{model} seed {seed}: control {name} (p={p:.3f})", flush=True)
             controls[name] = {**_arm(run_centralized(model, cfg, "neq", {"neq": sc}, log=log, **sub)[0], True),
                               "p": float(p)}
-        const = TrainConfig(**{**cfg.__dict__, "lr_schedule": "constant"})
-        print(f"{model} seed {seed}: control NEq at constant lr", flush=True)
-        controls["neq_constant_lr"] = _arm(run_centralized(model, const, "neq", {"neq": ncfg}, log=log,
-                                                           **sub)[0], True)
+        if seed in control_seeds:
+            const = TrainConfig(**{**cfg.__dict__, "lr_schedule": "constant"})
+            print(f"{model} seed {seed}: control NEq at constant lr", flush=True)
+            controls["neq_constant_lr"] = _arm(run_centralized(model, const, "neq", {"neq": ncfg}, log=log,
+                                                               **sub)[0], True)
         for c in controls.values():
             c["bprop_flops_saved_frac"] = 1.0 - c["bprop_flops_per_sample"] / a_off["bprop_flops_per_sample"]
             c["accuracy_loss_points"] = 100.0 * (a_off["test_accuracy"] - c["test_accuracy"])
@@ -124,17 +182,21 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
         if neq:
             for k in ("frozen_frac_last_epoch", "frozen_frac_mean"):
                 out[k] = _mean([r[k] for r in rs])
+            for k in ("partial_grad_layer_epochs", "no_grad_param_epochs"):
+                out[k] = int(sum(r.get(k) or 0 for r in rs))
             out["eval_seconds"] = float(sum(r["eval_seconds"] for r in rs))
         return out
 
     off, on = agg("off", False), agg("on", True)
     controls = {}
-    for name in per_seed[0]["controls"]:
-        cs = [s["controls"][name] for s in per_seed]
+    for name in dict.fromkeys(k for s in per_seed for k in s["controls"]):
+        cs = [s["controls"][name] for s in per_seed if name in s["controls"]]
         controls[name] = {k: _mean([c[k] for c in cs]) for k in
                           ("test_accuracy", "bprop_flops_saved_frac", "accuracy_loss_points", "p",
                            "step_seconds_per_step", "frozen_frac_mean") if k in cs[0]}
         controls[name]["test_accuracy_std_points"] = 100.0 * _std([c["test_accuracy"] for c in cs])
+        controls[name]["seeds"] = [s["seed"] for s in per_seed if name in s["controls"]]
+        controls[name]["step_time_per_step_ratio"] = controls[name]["step_seconds_per_step"] / off["step_seconds_per_step"]
         controls[name]["bprop_flops_saved_frac_std"] = _std([c["bprop_flops_saved_frac"] for c in cs])
     step_ratio = on["step_seconds_per_step"] / off["step_seconds_per_step"]
     saved = 1.0 - on["bprop_flops_per_sample"] / off["bprop_flops_per_sample"]
@@ -192,11 +254,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1000 samples, 3 epochs")
     ap.add_argument("--epochs", type=int, default=10, help="epochs for lenet5")
-    ap.add_argument("--resnet-epochs", type=int, default=15,
+    ap.add_argument("--resnet-epochs", type=int, default=7,
                     help="epochs for resnet8 (its neurons settle later: savings grow with training)")
-    ap.add_argument("--resnet-train-samples", type=int, default=20000,
+    ap.add_argument("--resnet-train-samples", type=int, default=2000,
                     help="training subset for resnet8 (0 = all 60000) to keep the run in minutes")
-    ap.add_argument("--models", default="lenet5,resnet8")
+    ap.add_argument("--models", default="resnet8")
+    ap.add_argument("--max-test-samples", type=int, default=2000, help="0 = all 10000")
+    ap.add_argument("--control-seeds", default="0",
+                    help="seeds that also run the fixed-p stochastic and constant-lr controls")
     ap.add_argument("--eps", type=float, default=NEqConfig.eps)
     ap.add_argument("--mu", type=float, default=NEqConfig.mu_eq)
     ap.add_argument("--threads", type=int, default=1)
@@ -209,24 +274,30 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     if a.quick:
         seeds = seeds[:1]
-    t0 = time.perf_counter()
+    t0, load_start = time.perf_counter(), os.getloadavg()
     rows = []
     for model in a.models.split(","):
         if a.quick:
             epochs, sub = 3, {"max_train_samples": 1000, "max_test_samples": 500}
         elif model == "resnet8":
-            epochs, sub = a.resnet_epochs, {"max_train_samples": a.resnet_train_samples}
+            epochs, sub = a.resnet_epochs, {"max_train_samples": a.resnet_train_samples,
+                                            "max_test_samples": a.max_test_samples}
         else:
-            epochs, sub = a.epochs, {}
+            epochs, sub = a.epochs, {"max_test_samples": a.max_test_samples}
         lr = 0.05
-        rows.append(run_model(model, epochs, lr, 64, seeds, ncfg, sub))
+        control_seeds = {int(x) for x in a.control_seeds.split(",") if x.strip()}
+        rows.append(run_model(model, epochs, lr, 64, seeds, ncfg, sub, control_seeds))
+        rows[-1]["paired_step_timing"] = paired_step_timing(model, reps=3 if a.quick else 15)
     out = {
         "benchmark": "neq", "quick": a.quick, "dataset": "fashion-mnist", "neq_config": ncfg.__dict__,
-        "note": ("epochs chosen so the full benchmark fits minutes on 2 shared cores; NEq's first freeze "
-                 "needs 3 evaluations (one per epoch start), so savings grow with longer training"),
+        "note": (f"resnet8 on {a.resnet_train_samples} training / {a.max_test_samples} test samples, "
+                 f"{a.resnet_epochs} epochs, so the benchmark fits ~30 minutes on 2 shared cores; the fixed-p "
+                 f"stochastic and constant-lr controls on seeds {a.control_seeds} only; NEq's first freeze needs "
+                 f"3 evaluations (one per epoch start), so savings grow with longer training. Step times were "
+                 f"measured on a shared machine (load average in machine)"),
         "results": rows,
         "targets": {r["model"]: r["targets"] for r in rows},
-        "machine": {**machine_info(), "loadavg": os.getloadavg()},
+        "machine": {**machine_info(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "wall_seconds": time.perf_counter() - t0,
     }
     out["all_met"] = all(r["targets"]["all_met"] for r in rows)

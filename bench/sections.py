@@ -50,6 +50,24 @@ def _figure(fig_dir: Path, name: str, draw: Callable[[Any], None], ncols: int = 
 # ---------------------------------------------------------------------------------------------
 
 
+def _pm(d: dict, key: str, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    """``mean +- std`` of ``d[key]`` and ``d[key + "_std"]`` (times ``scale``); ``n/a`` when absent."""
+    m, s = d.get(key), d.get(key + "_std")
+    if m is None:
+        return "n/a"
+    return fmt.format(scale * m) + ("" if s is None else " ± " + fmt.format(scale * s))
+
+
+def _load_note(d: dict) -> str:
+    """One line naming the machine's load average during the run (timings on a shared machine)."""
+    m = d.get("machine", {})
+    la = m.get("loadavg_end") or m.get("loadavg")
+    if not la:
+        return ""
+    return (f"Timed on a shared machine ({m.get('cores')} cores; load average at the end "
+            f"{', '.join(_fmt(x, '{:.2f}') for x in la)}).\n\n")
+
+
 def overhead_section(d: dict, fig_dir: Path) -> str:
     """Wall time of every repeat, both apps side by side."""
     s = d.get("setup", {})
@@ -67,16 +85,23 @@ def overhead_section(d: dict, fig_dir: Path) -> str:
 
 
 def pipeline_section(d: dict, fig_dir: Path) -> str:
-    """FedAvg vs the full pipeline: one row per measured quantity."""
-    f, p = d.get("fedavg", {}), d.get("pruned", {})
-    keys = [("final accuracy", "final_accuracy", "{:.4f}"), ("final params", "final_params", "{:,}"),
-            ("final forward FLOPs / sample", "final_flops", "{:,}"),
-            ("upload bytes (all rounds)", "upload_bytes_total", "{:,}"),
-            ("download bytes (all rounds)", "download_bytes_total", "{:,}"),
-            ("wall seconds", "wall_seconds", "{:.1f}"), ("budget violations", "budget_violations", "{}"),
-            ("neurons per layer", "neurons_per_layer", "{}")]
-    rows = [(label, _fmt(f.get(k), fmt), _fmt(p.get(k), fmt)) for label, k, fmt in keys]
-    return (f"Config `{d.get('config')}`, {d.get('clients')} clients, {d.get('rounds')} rounds.\n\n"
+    """FedAvg vs the full pipeline, mean +- std over seeds: one row per measured quantity."""
+    s = d.get("summary") or {"fedavg": d.get("fedavg", {}), "pruned": d.get("pruned", {})}
+    f, p = s.get("fedavg", {}), s.get("pruned", {})
+    keys = [("final accuracy (%)", "final_accuracy", 100.0, "{:.2f}"), ("final params", "final_params", 1.0, "{:,.0f}"),
+            ("final forward FLOPs / sample", "final_flops", 1.0, "{:,.0f}"),
+            ("final model ONNX file (bytes)", "onnx_bytes", 1.0, "{:,.0f}"),
+            ("upload bytes (all rounds)", "upload_bytes_total", 1.0, "{:,.0f}"),
+            ("wall seconds", "wall_seconds", 1.0, "{:.1f}"), ("budget violations", "budget_violations", 1.0, "{:.1f}")]
+    rows = [(label, _pm(f, k, sc, fmt), _pm(p, k, sc, fmt)) for label, k, sc, fmt in keys]
+    rows.append(("neurons per layer (each seed)", ", ".join(str(r.get("fedavg", {}).get("neurons_per_layer"))
+                                                           for r in d.get("runs", [])[:1]) or "n/a",
+                 ", ".join(str(r.get("pruned", {}).get("neurons_per_layer")) for r in d.get("runs", [])) or "n/a"))
+    r = s.get("ratios", d.get("ratios", {}))
+    return (f"Config `{d.get('config')}`, {d.get('clients')} clients, {d.get('rounds')} rounds, seeds "
+            f"{d.get('seeds', [0])}; mean ± std over seeds. Smaller final model: "
+            f"**{_pm(r, 'params_reduction', 1.0, '{:.1f}')}x**, accuracy gap "
+            f"**{_pm(r, 'accuracy_gap_points')} points**.\n\n" + _load_note(d)
             + md_table(["quantity", "plain FedAvg", "serene+neq+dynhp"], rows))
 
 
@@ -174,64 +199,85 @@ def surgery_section(d: dict, fig_dir: Path) -> str:
 SERENE_PAPER = {"remaining": [33.75, 3.25, 0.27, 10.22], "compression": 177.05,
                 "neurons": "[11]-[26]-[113]-[10]", "error": 0.8}
 
-
 def serene_section(d: dict, fig_dir: Path) -> str:
-    """The SeReNe table (remaining non-zero params per layer), with the paper's row, and the history."""
-    base, s = d.get("baseline", {}), d.get("serene", {})
-    pct = [r.get("remaining_pct") for r in d.get("table", [])]
-    ncol = max(4, len(pct))
-    head = ["approach", "dataset"] + [r.get("layer") for r in d.get("table", [])] + ["compression", "neurons", "top-1 error"]
-    if len(head) != ncol + 5:
-        head = ["approach", "dataset"] + [f"layer {i + 1}" for i in range(ncol)] + ["compression", "neurons", "top-1 error"]
-    rows = [["baseline (ours)", "Fashion-MNIST"] + ["100%"] * ncol
-            + ["1x", base.get("neurons"), _fmt(100 * (1 - base.get("test_accuracy", 0)), "{:.2f}%")],
-            ["SeReNe (ours)", "Fashion-MNIST"] + [_fmt(p, "{:.2f}%") for p in pct] + [""] * (ncol - len(pct))
-            + [_fmt(s.get("compression_nonzero"), "{:.1f}x"), s.get("neurons"),
-               _fmt(100 * (1 - s.get("test_accuracy", 0)), "{:.2f}%")],
-            ["SeReNe (paper)", "MNIST"] + [f"{p}%" for p in SERENE_PAPER["remaining"]] + [""] * (ncol - 4)
-            + [f"{SERENE_PAPER['compression']}x", SERENE_PAPER["neurons"], f"{SERENE_PAPER['error']}%"]]
-    out = (f"LeNet-5, {d.get('epochs')} epochs for both runs. Compression counts non-zero parameters, as the "
-           f"paper's table does; the compact model that physically lost neurons has "
-           f"{_fmt(s.get('params_compact'), '{:,}')} parameters ({_fmt(s.get('compression_structural'), '{:.1f}')}x). "
-           f"Accuracy loss vs the dense model: {_fmt(d.get('accuracy_loss_points'))} points.\n\n"
-           + md_table(head, rows))
-    hist = s.get("history", [])
+    """The SeReNe paper's Table 1 form, mean +- std over seeds: remaining params per layer of the
+    physically compact model, neurons per layer, compression, ONNX size, top-1; the paper's row; history."""
+    arms = d.get("arms", {})
+    layers = [r.get("layer") for r in d.get("table", [])]
+    head = ["approach", "dataset"] + layers + ["neurons", "compression (physical)", "ONNX kB", "top-1 (%)"]
+    rows = []
+    for name, a in arms.items():
+        pct = [f"{m:.2f} ± {s:.2f}%" for m, s in zip(a.get("layer_remaining_pct", []),
+                                                     a.get("layer_remaining_pct_std", []))]
+        neurons = "-".join(f"[{m:.0f}]" for m in a.get("layer_neurons", []))
+        rows.append([f"{name} (ours)", "Fashion-MNIST"] + pct + [neurons, _pm(a, "compression_structural", 1.0, "{:.1f}") + "x",
+                     _pm(a, "onnx_bytes", 1e-3, "{:.0f}"), _pm(a, "test_accuracy", 100.0)])
+    if len(SERENE_PAPER["remaining"]) == len(layers):
+        rows.append(["SeReNe (paper, non-zero)", "MNIST"] + [f"{p}%" for p in SERENE_PAPER["remaining"]]
+                    + [SERENE_PAPER["neurons"], f"{SERENE_PAPER['compression']}x", "-",
+                       f"{100 - SERENE_PAPER['error']:.2f}"])
+    removed = d.get("neurons_removed_mean", {})
+    removed_txt = ", ".join(f"{k} {_fmt(v, '{:.0f}')}" for k, v in removed.items())
+    out = (f"LeNet-5, {d.get('epochs')} epochs per run, seeds {d.get('seeds')}; mean ± std over seeds. Remaining "
+           f"parameters are those of the physically compact model (the paper's row counts non-zero weights). "
+           f"Accuracy loss of SeReNe vs the dense model: {_fmt(d.get('accuracy_loss_points'))} points; neurons "
+           f"removed (mean): {removed_txt}.\n\n" + md_table(head, rows))
+    runs = d.get("runs", {})
+    hist = (runs.get("SeReNe") or [{}])[0].get("history", [])
+    hist_l2 = (runs.get("l2+pruning") or [{}])[0].get("history", [])
 
     def draw(axes):
-        ep = [h["epoch"] for h in hist]
-        axes[0].plot(ep, [h["nonzero_params"] for h in hist], "o-", label="non-zero")
-        axes[0].plot(ep, [h["params_alive"] for h in hist], "s-", label="compact model")
-        axes[0].set(yscale="log", xlabel="epoch", ylabel="parameters", title="SeReNe: parameters")
-        axes[0].legend(fontsize=7)
-        axes[1].plot(ep, [100 * h["test_accuracy"] for h in hist], "o-", label="SeReNe")
-        axes[1].axhline(100 * base.get("test_accuracy", 0), color="k", ls="--", lw=0.8, label="dense, final")
-        axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="SeReNe: accuracy")
-        axes[1].legend(fontsize=7)
+        for h, lab in ((hist, "SeReNe"), (hist_l2, "l2+pruning")):
+            ep = [x["epoch"] for x in h]
+            axes[0].plot(ep, [x["params_alive"] for x in h], "o-", label=lab)
+            axes[1].plot(ep, [100 * x["test_accuracy"] for x in h], "o-", label=lab)
+        axes[0].set(yscale="log", xlabel="epoch", ylabel="parameters (compact model)", title="SeReNe: model size")
+        axes[1].axhline(100 * arms.get("Baseline", {}).get("test_accuracy", 0), color="k", ls="--", lw=0.8,
+                        label="dense, final")
+        axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="SeReNe: accuracy (seed 0)")
+        for ax in axes:
+            ax.legend(fontsize=7)
 
-    if hist and all("nonzero_params" in h and "test_accuracy" in h for h in hist):
+    if hist and all("params_alive" in h and "test_accuracy" in h for h in hist + hist_l2):
         out += "\n" + _figure(fig_dir, "serene", draw, ncols=2)
     return out
 
 
 def neq_section(d: dict, fig_dir: Path) -> str:
-    """NEq on vs off per model: accuracy, backprop FLOPs, backward time; frozen fraction over epochs."""
+    """The NEq paper's Table 5 form per model, mean +- std over seeds: backprop FLOPs saved, measured
+    whole-step time per step (on / off), top-1, beside the stochastic-freezing and constant-lr controls."""
     res = d.get("results", [])
     rows = []
     for r in res:
         off, on = r.get("off", {}), r.get("on", {})
-        rows.append((r.get("model"), r.get("epochs"), _fmt(100 * off.get("test_accuracy", 0), "{:.2f}%"),
-                     _fmt(100 * on.get("test_accuracy", 0), "{:.2f}%"), _fmt(r.get("accuracy_loss_points")),
-                     _fmt(100 * (r.get("bprop_flops_saved_frac") or 0), "{:.1f}%"),
-                     _fmt(100 * r["backward_wall_saved_frac"], "{:.1f}%") if r.get("backward_wall_saved_frac") is not None
-                     else "n/a"))
-    out = md_table(["model", "epochs", "accuracy, NEq off", "accuracy, NEq on", "loss (points)",
-                    "backprop FLOPs saved", "backward wall time saved"], rows)
+        rows.append((r.get("model"), "baseline (NEq off)", "0", "1.00", _pm({"a": 100 * off.get("test_accuracy", 0),
+                                                                             "a_std": off.get("test_accuracy_std_points")}, "a")))
+        rows.append((r.get("model"), "NEq", _pm(r, "bprop_flops_saved_frac", 100.0, "{:.1f}") + "%",
+                     _fmt(r.get("step_time_per_step_ratio")),
+                     _pm({"a": 100 * on.get("test_accuracy", 0), "a_std": on.get("test_accuracy_std_points")}, "a")))
+        for name, c in r.get("controls", {}).items():
+            rows.append((r.get("model"), name + (f" (p={c['p']:.2f})" if "p" in c else ""),
+                         _pm(c, "bprop_flops_saved_frac", 100.0, "{:.1f}") + "%",
+                         _fmt((c.get("step_seconds_per_step") or 0) / max(off.get("step_seconds_per_step") or 1e-12, 1e-12)),
+                         _pm({"a": 100 * c.get("test_accuracy", 0), "a_std": c.get("test_accuracy_std_points")}, "a")))
+    out = (_load_note(d) + "Step time: the whole training step (forward, backward, optimizer, the methods' hooks) "
+           "plus NEq's per-epoch evaluations, per step, relative to the same seeds with NEq off.\n\n"
+           + md_table(["model", "approach", "backprop FLOPs saved", "step time / baseline", "top-1 (%)"], rows))
+    paired = [(r.get("model"), f"{100 * p['frozen_fraction']:.0f}%", _fmt(100 * p["bprop_flops_saved_frac"], "{:.1f}%"),
+               _fmt(p["step_time_ratio"], "{:.3f}"), _fmt(p.get("step_time_saved_over_flops_saved")))
+              for r in res for p in r.get("paired_step_timing", [])]
+    if paired:
+        out += ("\nThe partial-gradient path alone, timed step by step against the dense step in alternation "
+                "(so machine load hits both alike): every layer but the classifier with the given fraction of "
+                "its output rows frozen.\n\n"
+                + md_table(["model", "rows frozen", "backprop FLOPs saved", "step time / dense step",
+                            "time saved / FLOPs saved"], paired))
 
     def mean_frozen(h: dict) -> float:
         ff = h.get("frozen_fraction") or {}
         return 100 * sum(ff.values()) / len(ff) if ff else 0.0
 
-    def on_history(r: dict) -> list[dict]:  # the first seed's NEq-on run (older files: r["on"])
+    def on_history(r: dict) -> list[dict]:  # the first seed's NEq-on run
         seeds = r.get("per_seed") or [r]
         return seeds[0].get("on", {}).get("history", [])
 
@@ -249,28 +295,37 @@ def neq_section(d: dict, fig_dir: Path) -> str:
 
 
 def dynhp_section(d: dict, fig_dir: Path) -> str:
-    """DynHP vs dense at the same starting batch, and the batch-size trajectory."""
-    b, h = d.get("baseline", {}), d.get("dynhp", {})
-    mem = d.get("peak_memory_at_starting_batch", {})
-    rows = [("test accuracy", _fmt(b.get("test_accuracy"), "{:.4f}"), _fmt(h.get("test_accuracy"), "{:.4f}")),
-            ("params", _fmt(b.get("params"), "{:,}"), _fmt(h.get("params"), "{:,}")),
-            ("neurons", b.get("neurons"), h.get("neurons")),
-            (f"peak training memory at batch {d.get('starting_batch')} (MiB)",
-             _fmt((mem.get("dense_bytes") or 0) / 2**20), _fmt((mem.get("pruned_bytes") or 0) / 2**20)),
-            ("batch sizes", str(d.get("starting_batch")), h.get("batch_sizes")),
-            ("budget violations", "-", h.get("violations"))]
-    out = (f"LeNet-5, {d.get('epochs')} epochs, budget {_fmt((d.get('budget_bytes') or 0) / 2**20)} MiB.\n\n"
-           + md_table(["quantity", "dense", "DynHP"], rows))
-    hist = h.get("history", [])
+    """DynHP per learning-rate rule, mean +- std over seeds, beside the dense model; batch trajectory."""
+    b, rules = d.get("baseline", {}), d.get("lr_rules", {})
+    rows = [("dense (no budget)", "-", _pm({"a": 100 * b.get("test_accuracy", 0),
+                                            "a_std": 100 * (b.get("test_accuracy_std") or 0)}, "a"),
+             "1.0x", str(d.get("starting_batch")), "-", "-", "-")]
+    for rule, s in rules.items():
+        rows.append((f"DynHP, lr-scaling {rule}" + (" (default)" if rule == d.get("headline_rule") else ""), rule,
+                     _pm(s, "test_accuracy", 100.0), _pm(s, "compression", 1.0, "{:.1f}") + "x",
+                     _pm(s, "batch_final", 1.0, "{:.0f}"), _pm(s, "memory_saved_at_own_batch", 100.0, "{:.1f}") + "%",
+                     _pm(s, "memory_saved_at_start_batch", 100.0, "{:.1f}") + "%", _pm(s, "violations", 1.0, "{:.0f}")))
+    out = (f"LeNet-5, {d.get('epochs')} epochs on {d.get('max_train_samples') or 'all'} training samples, seeds "
+           f"{d.get('seeds')}, starting batch {d.get('starting_batch')} (the budget fits the dense model there). "
+           f"Mean ± std over seeds. Memory saved at the run's own batch: the dense model's estimated step peak at "
+           f"the final batch against the pruned model's. Measured best learning-rate rule: "
+           f"**{d.get('lr_rule_winner')}**.\n\n"
+           + md_table(["run", "lr rule", "top-1 (%)", "compression", "final batch", "memory saved at own batch",
+                       f"memory saved at batch {d.get('starting_batch')}", "budget violations"], rows))
+    runs = d.get("runs", {})
 
     def draw(axes):
-        ep = [x["epoch"] for x in hist]
-        axes[0].plot(ep, [x["batch"] for x in hist], "o-")
+        for rule, rs in runs.items():
+            h = rs[0].get("history", []) if rs else []
+            ep = [x["epoch"] for x in h]
+            axes[0].plot(ep, [x["batch"] for x in h], "o-", label=rule)
+            axes[1].plot(ep, [100 * x["test_accuracy"] for x in h], "o-", label=rule)
         axes[0].set(xlabel="epoch", ylabel="batch size", title="DynHP: batch grows as the model shrinks")
-        axes[1].plot(ep, [x["params_alive"] for x in hist], "o-")
-        axes[1].set(xlabel="epoch", ylabel="parameters", title="DynHP: model size")
+        axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="DynHP: accuracy per lr rule (seed 0)")
+        for ax in axes:
+            ax.legend(fontsize=7)
 
-    if hist and all("batch" in x and "params_alive" in x for x in hist):
+    if runs and all("batch" in x and "test_accuracy" in x for rs in runs.values() for x in (rs[0].get("history", []) if rs else [])):
         out += "\n" + _figure(fig_dir, "dynhp", draw, ncols=2)
     return out
 
@@ -305,32 +360,32 @@ SECTIONS: dict[str, Section] = {
 
 
 def papers_table(results: dict[str, dict]) -> str:
-    """Our method figures beside the source papers' (datasets and models named)."""
+    """Our method figures beside the source papers' (datasets and models named), mean +- std over seeds."""
     s, n, h = results.get("serene", {}), results.get("neq", {}), results.get("dynhp", {})
     rows = []
     if s:
-        ss = s.get("serene", {})
-        rows.append(("SeReNe compression (non-zero params)", "LeNet-5 / MNIST", f"{SERENE_PAPER['compression']}x",
-                     "LeNet-5 / Fashion-MNIST", _fmt(ss.get("compression_nonzero"), "{:.1f}x")))
+        ss = s.get("arms", {}).get("SeReNe", {})
+        base = s.get("arms", {}).get("Baseline", {})
+        rows.append(("SeReNe compression", "LeNet-5 / MNIST (non-zero params)", f"{SERENE_PAPER['compression']}x",
+                     "LeNet-5 / Fashion-MNIST (physically removed)", _pm(ss, "compression_structural", 1.0, "{:.1f}") + "x"))
         rows.append(("SeReNe neurons", "LeNet-5 / MNIST", SERENE_PAPER["neurons"], "LeNet-5 / Fashion-MNIST",
-                     ss.get("neurons")))
-        rows.append(("SeReNe top-1 error", "LeNet-5 / MNIST", f"{SERENE_PAPER['error']}%", "LeNet-5 / Fashion-MNIST",
-                     _fmt(100 * (1 - ss.get("test_accuracy", 0)), "{:.2f}%")
-                     + f" (dense {_fmt(100 * (1 - s.get('baseline', {}).get('test_accuracy', 0)), '{:.2f}%')})"))
+                     "-".join(f"[{m:.0f}]" for m in ss.get("layer_neurons", []))))
+        rows.append(("SeReNe top-1", "LeNet-5 / MNIST", f"{100 - SERENE_PAPER['error']:.2f}%", "LeNet-5 / Fashion-MNIST",
+                     _pm(ss, "test_accuracy", 100.0) + f"% (dense {_pm(base, 'test_accuracy', 100.0)}%)"))
     for r in n.get("results", []):
         rows.append(("NEq backprop FLOPs saved / accuracy change", "ResNet-18 / ImageNet", "-23.08% / -0.28 points",
                      f"{r.get('model')} / Fashion-MNIST",
-                     f"-{_fmt(100 * (r.get('bprop_flops_saved_frac') or 0), '{:.1f}')}% / "
-                     f"{_fmt(-(r.get('accuracy_loss_points') or 0), '{:+.2f}')} points"))
+                     f"-{_pm(r, 'bprop_flops_saved_frac', 100.0, '{:.1f}')}% / "
+                     f"{_fmt(-(r.get('accuracy_loss_points') or 0), '{:+.2f}')} ± "
+                     f"{_fmt(r.get('accuracy_loss_points_std'))} points"))
     if h:
         hh = h.get("dynhp", {})
         rows.append(("DynHP compression", "two public datasets (report)", "up to 10x", "LeNet-5 / Fashion-MNIST",
-                     _fmt(h.get("compression"), "{:.1f}x")))
-        rows.append(("DynHP training memory saved", "two public datasets (report)", "up to 80%",
-                     "LeNet-5 / Fashion-MNIST", _fmt(100 * (h.get("memory_reduction") or 0), "{:.1f}%")))
+                     _pm(hh, "compression", 1.0, "{:.1f}") + "x"))
+        rows.append(("DynHP training memory saved (at the run's own batch)", "two public datasets (report)",
+                     "up to 80%", "LeNet-5 / Fashion-MNIST", _pm(hh, "memory_saved_at_own_batch", 100.0, "{:.1f}") + "%"))
         rows.append(("DynHP accuracy loss", "two public datasets (report)", "<= 3.5 points",
-                     "LeNet-5 / Fashion-MNIST", f"{_fmt(h.get('accuracy_loss_points'))} points"
-                     f" ({_fmt(hh.get('test_accuracy'), '{:.4f}')})"))
+                     "LeNet-5 / Fashion-MNIST", _pm(hh, "accuracy_loss_points") + " points"))
     if not rows:
         return ""
     return md_table(["figure", "paper: model / dataset", "paper", "ours: model / dataset", "ours"], rows)

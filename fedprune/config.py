@@ -88,7 +88,7 @@ class TrainSection:
     batch_size: int = 32
     min_batch: int = 8
     max_batch: int = 256
-    lr_scaling: str = "sqrt"
+    lr_scaling: str = "linear"  # the most accurate rule measured by bench/bench_dynhp.py
     lr_schedule: str = "constant"  # constant | cosine (over all rounds' progress)
 
     def validate(self, p: str) -> None:

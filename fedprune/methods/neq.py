@@ -130,6 +130,7 @@ class NEq(Method):
         self._hooks: list = []
         self._frozen_hist: list[float] = []
         self._eval_seconds = 0.0
+        self._path_epochs = {"partial": 0, "nograd": 0}
         self._positions: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ state
@@ -323,6 +324,8 @@ class NEq(Method):
                            if g in self.frozen and len(self.frozen[g]) == s.dense_size)
         if record:
             self._frozen_hist.append(frozen_total / max(1, alive_total))
+            self._path_epochs["partial"] += len(self._partial)
+            self._path_epochs["nograd"] += len(self._nograd)
         ctx.costs_changed()
 
     def _freeze_site(self, ctx, site, local: np.ndarray, modules, decay: float) -> None:
@@ -401,6 +404,8 @@ class NEq(Method):
             "neq_frozen_frac": float(self._frozen_hist[-1]) if self._frozen_hist else 0.0,
             "neq_frozen_frac_mean": float(np.mean(self._frozen_hist)) if self._frozen_hist else 0.0,
             "neq_layers_skipped": int(len(self._nograd)),
+            "neq_partial_grad_layer_epochs": int(self._path_epochs["partial"]),
+            "neq_no_grad_param_epochs": int(self._path_epochs["nograd"]),
             "neq_eval_seconds": float(self._eval_seconds),
             "neq_state_bytes": int(sum(a.nbytes for a in self.prev.values())),
         }

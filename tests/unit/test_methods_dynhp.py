@@ -143,3 +143,17 @@ def test_memory_saved_is_reported_at_the_runs_own_batch(lenet):
         graph.build_compact(graph.full_mask()), b, (1, 28, 28), "sgd").total_bytes
     assert m["dynhp_dense_peak_at_batch_bytes"] > budget  # dense would not fit at that batch
     assert 0 < m["dynhp_memory_saved_at_batch_frac"] < 1
+
+
+def test_lr_scaling_default_is_the_measured_winner():
+    """The [train] lr-scaling default is the rule bench_dynhp.py measured as the most accurate."""
+    import json
+    from pathlib import Path
+
+    from fedprune.config import TrainSection
+
+    result = Path(__file__).resolve().parents[2] / "bench" / "results" / "dynhp.json"
+    d = json.loads(result.read_text())
+    if d.get("quick") or "lr_rule_winner" not in d:
+        pytest.skip("no full lr-rule measurement in bench/results/dynhp.json")
+    assert TrainSection.lr_scaling == d["lr_rule_winner"]

@@ -178,3 +178,20 @@ def test_frozen_neuron_thaws_when_its_output_moves_again(lenet):
     neq.epoch_start(ctx)
     assert not neq.frozen["conv1"].any()
     neq.detach(ctx)
+
+
+def test_metrics_name_the_gradient_path_that_ran(lenet):
+    """Partly frozen conv/linear layers run the partial-gradient path; wholly frozen ones skip autograd."""
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    x, y = synthetic(96)
+    data = ClientData(x[:64], y[:64], x[64:], y[64:])
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=32)
+    half = train_local(graph.compact(dense, mask), mask, graph, data, cfg, ["neq"],
+                       {"neq": {"mode": "stochastic", "stochastic_p": 0.5, "val_samples": 16}}, None).metrics
+    assert half["neq_partial_grad_layer_epochs"] >= 2  # conv1, conv2, fc1 partly frozen each epoch
+    assert half["neq_no_grad_param_epochs"] == 0
+    whole = train_local(graph.compact(dense, mask), mask, graph, data, cfg, ["neq"],
+                        {"neq": {"mode": "stochastic", "stochastic_p": 1.0, "val_samples": 16}}, None).metrics
+    assert whole["neq_partial_grad_layer_epochs"] == 0
+    assert whole["neq_no_grad_param_epochs"] > 0
