@@ -19,6 +19,7 @@ import numpy as np
 from fedprune.client_state import load_client_state, save_client_state
 from fedprune.config import ExperimentConfig
 from fedprune.faults import corrupt_reply, describe, draw_fault, fail_before_training
+from fedprune.fleet_width import resolve_method_configs
 from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
 from fedprune.global_model import numpy_to_state, state_to_numpy
 from fedprune.memory import BudgetSpec, make_budget_schedule
@@ -94,7 +95,9 @@ class ClientRuntime:
                          if spec else None)
         self.methods = methods if methods is not None else cfg.methods.names
         self.train_cfg = TrainConfig.from_section(cfg.train, cfg.run.seed)
-        self.prune_floor = prune_to_fit_floor(build_methods(self.methods, cfg.methods.method_configs()))
+        self.method_cfgs = (resolve_method_configs(cfg) if "small_model" in self.methods
+                            else cfg.methods.method_configs())
+        self.prune_floor = prune_to_fit_floor(build_methods(self.methods, self.method_cfgs))
 
     def budget_bytes(self, server_round: int) -> int | None:
         """This client's memory budget for a round (``None``: unbounded)."""
@@ -114,7 +117,7 @@ class ClientRuntime:
         pre_pruned, share = 0, 1.0
         for _ in range(8):
             result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
-                                 self.cfg.methods.method_configs(), budget, method_state,
+                                 self.method_cfgs, budget, method_state,
                                  round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
             if not (result.metrics.get("does_not_fit") and budget is not None and self.prune_floor is not None):
                 break

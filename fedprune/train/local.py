@@ -20,6 +20,7 @@ from fedprune.methods.sites import build_sites
 from fedprune.train.context import ClientData, TrainConfig, TrainContext, TrainResult
 from fedprune.train.evaluation import evaluate
 from fedprune.train.loop import LocalTrainer
+from fedprune.train.round_plan import apply_round_plan
 from fedprune.train.metrics import build_metrics, dense_params
 
 
@@ -103,11 +104,14 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     for m in trainer.methods:
         m.load_state_dict(_split_state(method_state, m.name))
     ctx.sites = build_sites(graph, model, mask)  # methods' state sizes depend on them
+    skip = apply_round_plan(trainer)
+    if skip:
+        return not_fit(skip)
     batch = trainer.budget.fit_batch()
     if batch == 0:
-        return not_fit(f"min_batch={cfg.min_batch} does not fit budget_bytes={budget_bytes}")
+        return not_fit(f"min_batch={ctx.cfg.min_batch} does not fit budget_bytes={budget_bytes}")
     _start(trainer, batch)
-    neurons_before = mask.num_alive()
+    neurons_before = ctx.mask.num_alive()
     train_loss, train_acc = _train(trainer)
     if trainer.out_of_memory and trainer.stats["steps"] == 0:
         return not_fit("out of memory at min_batch")
