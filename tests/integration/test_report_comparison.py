@@ -128,3 +128,19 @@ def test_pareto_figure_drawn_and_front_is_non_dominated(report):
     assert report.figures[:2] == ["accuracy_vs_peak_memory.png", "participation_per_tier.png"]
     assert (report.out_dir / "accuracy_vs_peak_memory.png").read_bytes()[:4] == b"\x89PNG"
     assert pareto_front([(1, 80), (2, 70), (3, 90), (4, 85), (0.5, 60)]) == [(0.5, 60), (1, 80), (3, 90)]
+
+
+def test_folder_of_sweeps_is_one_comparison_with_grid_values(tmp_path):
+    make_sweep(tmp_path / "iid")
+    make_sweep(tmp_path / "dirichlet")
+    for sub, part in (("iid", "iid"), ("dirichlet", "dirichlet")):  # the partitioner is a grid key
+        manifest = tmp_path / sub / "sweep.json"
+        data = json.loads(manifest.read_text())
+        for run in data["runs"]:
+            run["overrides"]["data.partitioner"] = part
+        manifest.write_text(json.dumps(data))
+    kind, records = collect_runs(tmp_path)
+    assert kind == "sweep" and len(records) == 2 * 16
+    assert records[0].id.startswith("dirichlet/") and records[-1].id.startswith("iid/")
+    settings = {r["setting"] for r in comparison_rows(records)}
+    assert len(settings) == 4 and any("partitioner=dirichlet" in s for s in settings)
