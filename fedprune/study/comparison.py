@@ -22,6 +22,9 @@ from fedprune.study.tables import group_key_fields, method_label, run_budget_mb
 BASELINES = ("fedavg", "fedavg_drop", "small_model", "heterofl", "fedrolex")
 #: The unconstrained upper bound.
 UPPER_BOUND = "fedavg"
+#: Convergence: the mean test accuracy of the last ``PLATEAU_WINDOW`` rounds is less than
+#: ``PLATEAU_TOL`` above the mean of the ``PLATEAU_WINDOW`` rounds before them.
+PLATEAU_WINDOW, PLATEAU_TOL = 3, 0.003
 PEAK_KEYS = (("rss_peak_bytes", "physical peak (RSS)"), ("measured_peak_bytes", "tensor peak"))
 
 
@@ -76,6 +79,17 @@ def participation(rec: RunRecord) -> dict[str, float]:
     return {d: trained[d] / sampled[d] for d in sampled}
 
 
+def plateau_round(accuracies: Sequence[float]) -> int | None:
+    """The first round (1-based) at which the accuracy curve meets the plateau criterion (see
+    ``PLATEAU_WINDOW``/``PLATEAU_TOL``); ``None`` when it never does."""
+    w = PLATEAU_WINDOW
+    for end in range(2 * w, len(accuracies) + 1):
+        last, before = accuracies[end - w:end], accuracies[end - 2 * w:end - w]
+        if sum(last) / w - sum(before) / w < PLATEAU_TOL:
+            return end
+    return None
+
+
 def run_facts(rec: RunRecord, peak_key: str) -> dict[str, Any]:
     """One finished run's figures for the comparison (see module docstring)."""
     s = rec.summary or {}
@@ -85,7 +99,9 @@ def run_facts(rec: RunRecord, peak_key: str) -> dict[str, Any]:
     return {"accuracy": num(s.get("final_accuracy")), "peak_mb": max(peaks) / MB if peaks else None,
             "final_params": final, "smaller": dense / final if dense and final else None,
             "upload_mb": None if num(s.get("upload_bytes_total")) is None else s["upload_bytes_total"] / MB,
-            "participation": participation(rec)}
+            "participation": participation(rec),
+            "plateau_round": plateau_round([a for a in (num(r.get("accuracy")) for r in rec.rows) if a is not None]),
+            "rounds": len(rec.rows)}
 
 
 def setting_of(rec: RunRecord, keys: Sequence[str]) -> str:
@@ -121,6 +137,10 @@ def comparison_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
         for f in ("accuracy", "peak_mb", "final_params", "smaller", "upload_mb"):
             for stat, v in _stats([x[f] for x in facts]).items():
                 row[f"{f}_{stat}"] = v
+        plateaus = [x["plateau_round"] for x in facts]
+        row["rounds"] = max(x["rounds"] for x in facts)
+        row["plateau_round_max"] = None if None in plateaus else max(plateaus)  # type: ignore[type-var]
+        row["plateaued"] = sum(p is not None for p in plateaus)
         tiers = sorted({d for x in facts for d in x["participation"]})
         for d in tiers:
             row[f"participation:{d}"] = mean(x["participation"].get(d) for x in facts)

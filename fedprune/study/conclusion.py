@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Sequence
 
-from fedprune.study.comparison import UPPER_BOUND
+from fedprune.study.comparison import PLATEAU_TOL, PLATEAU_WINDOW, UPPER_BOUND
 
 GOAL_GAP = 1.5  # accuracy points below unconstrained FedAvg
 GOAL_SMALLER = 5.0  # dense parameters / final parameters
@@ -66,6 +66,22 @@ def _fedprune_line(ranked: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def convergence_line(rows: Sequence[dict[str, Any]]) -> str:
+    """Whether unconstrained FedAvg plateaued in every setting (the study's convergence criterion)."""
+    upper = [r for r in rows if r["method"] == UPPER_BOUND]
+    crit = (f"mean test accuracy of the last {PLATEAU_WINDOW} rounds less than {100 * PLATEAU_TOL:.1f} "
+            f"points above the {PLATEAU_WINDOW} before")
+    if not upper:
+        return f"Convergence ({crit}): not checked, no unconstrained FedAvg run."
+    if all(r["plateaued"] == r["seeds"] for r in upper):
+        last = max(r["plateau_round_max"] for r in upper)
+        return (f"Convergence ({crit}): unconstrained FedAvg plateaued in every run, by round {last} "
+                f"of {max(r['rounds'] for r in upper)}.")
+    missing = sum(r["seeds"] - r["plateaued"] for r in upper)
+    return (f"Convergence ({crit}): **not reached** by unconstrained FedAvg in {missing} run(s) of "
+            f"{max(r['rounds'] for r in upper)} rounds: the accuracies below are not final.")
+
+
 def goal_check(ranked: list[dict[str, Any]]) -> list[str]:
     """The goal's three conditions at one setting, each marked met or not, with its number."""
     ours = [r for r in ranked if not r["baseline"]]
@@ -97,7 +113,7 @@ def conclusion_markdown(rows: Sequence[dict[str, Any]]) -> str:
             by_setting[r["setting"]].append(r)
     if not by_setting:
         return "No finished run: nothing to conclude.\n"
-    parts = []
+    parts = [convergence_line(rows), ""]
     for setting, members in by_setting.items():
         ranked = sorted(members, key=lambda r: -r["accuracy_mean"])
         parts.append(f"- **{setting}**: " + "; ".join([_winner_line(ranked), *_fedprune_line(ranked)]) + ".")

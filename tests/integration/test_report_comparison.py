@@ -144,3 +144,18 @@ def test_folder_of_sweeps_is_one_comparison_with_grid_values(tmp_path):
     assert records[0].id.startswith("dirichlet/") and records[-1].id.startswith("iid/")
     settings = {r["setting"] for r in comparison_rows(records)}
     assert len(settings) == 4 and any("partitioner=dirichlet" in s for s in settings)
+
+
+def test_plateau_criterion():
+    from fedprune.study.comparison import plateau_round
+
+    rising = [0.5 + 0.02 * i for i in range(10)]
+    assert plateau_round(rising) is None
+    flat_from_6 = [0.5, 0.6, 0.7, 0.8, 0.85, 0.88, 0.881, 0.882, 0.882, 0.883, 0.883, 0.883]
+    assert plateau_round(flat_from_6) == 11  # rounds 9-11 vs 6-8: +0.17 points < 0.3
+    assert plateau_round(flat_from_6[:10]) is None
+
+
+def test_conclusion_says_when_fedavg_has_not_converged(report):
+    text = (report.out_dir / "conclusion.md").read_text()
+    assert "**not reached** by unconstrained FedAvg in 4 run(s) of 2 rounds" in text
