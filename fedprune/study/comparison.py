@@ -4,8 +4,9 @@ A *setting* is every grid value but the seed and the method (budget level, parti
 finished run: final accuracy, the per-client peak memory (the largest over client-rounds that
 trained, of the physical ``rss_peak_bytes`` when the metrics have it, else the tensor peak
 ``measured_peak_bytes``), the final model's parameters against the dense model's, upload bytes,
-and per device tier the share of sampled client-rounds that trained. Per (setting, method) the
-mean and the seeds' standard deviation and range (:func:`comparison_rows`).
+per device tier the share of sampled client-rounds that trained, the steady-state seconds per round
+and the run's wall seconds (to size a study). Per (setting, method) the mean and the seeds'
+standard deviation and range (:func:`comparison_rows`).
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ def run_facts(rec: RunRecord, peak_key: str) -> dict[str, Any]:
             "upload_mb": None if num(s.get("upload_bytes_total")) is None else s["upload_bytes_total"] / MB,
             "participation": participation(rec),
             "plateau_round": plateau_round([a for a in (num(r.get("accuracy")) for r in rec.rows) if a is not None]),
-            "rounds": len(rec.rows)}
+            "rounds": len(rec.rows),
+            # steady state: the first round also starts the simulation's processes
+            "round_seconds": mean(num(r.get("round_seconds")) for r in rec.rows[1:]),
+            "wall_seconds": num(s.get("wall_seconds"))}
 
 
 def setting_of(rec: RunRecord, keys: Sequence[str]) -> str:
@@ -134,7 +138,7 @@ def comparison_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
         facts = [f for _, f in members]
         row: dict[str, Any] = {"setting": setting, "budget_mb": budgets[setting], "method": method,
                                "baseline": is_baseline(method), "seeds": len(members), "peak_kind": peak_key}
-        for f in ("accuracy", "peak_mb", "final_params", "smaller", "upload_mb"):
+        for f in ("accuracy", "peak_mb", "final_params", "smaller", "upload_mb", "round_seconds", "wall_seconds"):
             for stat, v in _stats([x[f] for x in facts]).items():
                 row[f"{f}_{stat}"] = v
         plateaus = [x["plateau_round"] for x in facts]
