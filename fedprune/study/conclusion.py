@@ -105,12 +105,26 @@ def goal_check(ranked: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _rest(setting: str) -> str:
+    return setting.split(", ", 1)[1] if ", " in setting else ""
+
+
+def with_upper_bound(by_setting: dict[str, list[dict[str, Any]]]) -> None:
+    """Give every setting without an unconstrained FedAvg row the one of a setting that differs only
+    in its budget (``fedavg`` ignores the budget, so one run per partitioner and seed serves all)."""
+    uppers = {_rest(s): r for s, members in by_setting.items() for r in members if r["method"] == UPPER_BOUND}
+    for setting, members in by_setting.items():
+        if not any(r["method"] == UPPER_BOUND for r in members) and _rest(setting) in uppers:
+            members.append({**uppers[_rest(setting)], "setting": setting})
+
+
 def conclusion_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The closing note (Markdown): one line per setting, then the goal at each tightest-budget setting."""
     by_setting: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("accuracy_mean") is not None:
             by_setting[r["setting"]].append(r)
+    with_upper_bound(by_setting)
     if not by_setting:
         return "No finished run: nothing to conclude.\n"
     parts = [convergence_line(rows), ""]

@@ -159,3 +159,16 @@ def test_plateau_criterion():
 def test_conclusion_says_when_fedavg_has_not_converged(report):
     text = (report.out_dir / "conclusion.md").read_text()
     assert "**not reached** by unconstrained FedAvg in 4 run(s) of 2 rounds" in text
+
+
+def test_unconstrained_fedavg_run_at_one_budget_serves_every_budget(tmp_path):
+    from fedprune.study.conclusion import conclusion_markdown
+
+    make_sweep(tmp_path)
+    kind, records = collect_runs(tmp_path)
+    low = min(r.config.fleet.budget_scale for r in records)
+    kept = [r for r in records if not ("m=fedavg" in r.id and "m=fedavg-" not in r.id
+                                       and r.config.fleet.budget_scale != low)]
+    assert len(kept) == len(records) - 2
+    text = conclusion_markdown(comparison_rows(kept))
+    assert text.count("points below unconstrained FedAvg") == 2  # both budgets
