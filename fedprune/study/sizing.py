@@ -38,3 +38,16 @@ def sweep_size(sweep_file: str | Path, round_seconds: float, startup_seconds: fl
         plans = [p for p in plans if run_status(Path(sweep_dir) / "runs" / p.id) != "done"]
     rounds = sum(p.config.run.num_rounds for p in plans)
     return SweepSize(len(plans), rounds, rounds * round_seconds + len(plans) * startup_seconds)
+
+
+def sizing_markdown(sweep_files, round_seconds: float, startup_seconds: float) -> str:
+    """A Markdown table: per sweep file its runs, rounds and estimated hours, then the total."""
+    lines = ["| sweep | runs | rounds | hours |", "| --- | ---: | ---: | ---: |"]
+    total = SweepSize(0, 0, 0.0)
+    for f in sweep_files:
+        s = sweep_size(f, round_seconds, startup_seconds)
+        total = SweepSize(total.runs + s.runs, total.rounds + s.rounds, total.seconds + s.seconds)
+        lines.append(f"| `{Path(f).name}` | {s.runs} | {s.rounds} | {s.hours:.2f} |")
+    lines.append(f"| total | {total.runs} | {total.rounds} | {total.hours:.2f} |")
+    return "\n".join(lines) + (f"\n\nAt {round_seconds:.1f} s per round and {startup_seconds:.0f} s of start-up "
+                               "and final export per run.\n")

@@ -57,3 +57,12 @@ def test_sweeps_cover_the_study_and_sizing_adds_up(base):
     assert methods == {"fedavg", "fedavg-drop", "small-model", "heterofl", "fedrolex", "dynhp"}
     with pytest.raises(ValueError):
         sweep_size(CONFIGS / "study_converged_iid_sweep.toml", -1, 0)
+
+
+def test_sizing_table_totals():
+    from fedprune.study.sizing import sizing_markdown
+
+    files = [CONFIGS / f"study_converged_{p}_sweep.toml" for p in PARTS]
+    text = sizing_markdown(files, round_seconds=36.0, startup_seconds=0.0)
+    rounds = sum(PARTS.values()) * load_config(CONFIGS / "study_converged.toml").run.num_rounds
+    assert f"| total | {sum(PARTS.values())} | {rounds} | {rounds * 36 / 3600:.2f} |" in text
