@@ -3,18 +3,17 @@
 A width sub-network at ratio ``r`` keeps, in every prunable neuron group of ``n`` neurons,
 ``k = max(1, ceil(r * n))`` neurons: the first ``k`` (HeteroFL's nested widths, the small model)
 or the ``k`` consecutive ones from ``offset``, wrapping around (FedRolex's rolling window). Its
-compact model is the zoo model with every layer ``r`` times as wide. These helpers serve the
+compact model is the zoo model with every layer ``r`` times as wide (``build_model(..., width=r)``). These helpers serve the
 baselines of :mod:`fedprune.methods.heterofl`, :mod:`fedprune.methods.fedrolex` and
 :mod:`fedprune.methods.small_model`.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fedprune.memory import max_batch_size
+from fedprune.models import scaled_width
 from fedprune.surgery import NeuronMask
 
 DEFAULT_RATIOS = "1, 0.5, 0.25, 0.125, 0.0625"
@@ -39,7 +38,7 @@ def window_mask(graph, current: NeuronMask, ratio: float, offset: int = 0) -> Ne
     """
     arrays = {}
     for g in graph.groups:
-        k = max(1, min(g.size, math.ceil(ratio * g.size - 1e-9)))
+        k = scaled_width(g.size, ratio)
         keep = np.zeros(g.size, dtype=bool)
         keep[(int(offset) + np.arange(k)) % g.size] = True
         keep &= current[g.name]

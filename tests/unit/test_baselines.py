@@ -163,3 +163,26 @@ def test_budget_check_accepts_baselines_whose_dense_model_does_not_fit():
         check_budgets(fleet_cfg("none", scale=0.001))
     for name in ("fedavg", "fedavg-drop", "small-model", "heterofl", "fedrolex"):
         check_budgets(fleet_cfg(name, scale=0.001))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300", "resnet8", "vgg"])
+@pytest.mark.parametrize("width", [0.5, 0.3, 0.0625])
+def test_first_channels_subnetwork_is_the_width_scaled_zoo_model(name, width):
+    from fedprune.models import build_model, example_input
+    from fedprune.surgery import NeuronGraph
+
+    dense = build_model(name, seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    sub = graph.build_compact(window_mask(graph, graph.full_mask(), width))
+    small = build_model(name, seed=0, width=width)
+    assert {k: tuple(v.shape) for k, v in sub.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in small.state_dict().items()}
+
+
+def test_width_multiplier_rejects_bad_values():
+    from fedprune.models import build_model
+
+    with pytest.raises(ValueError, match="width"):
+        build_model("lenet5", width=0)
+    with pytest.raises(ValueError, match="width"):
+        build_model("resnet18", in_channels=3, image_size=32, width=0.5)
