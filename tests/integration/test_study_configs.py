@@ -13,7 +13,7 @@ from fedprune.study.sizing import sweep_size
 from fedprune.study.sweep import expand, load_sweep
 
 CONFIGS = ROOT / "sim_configs"
-PARTS = {"iid": 20, "upper": 4, "generous": 2, "dirichlet": 10}
+PARTS = {"upper": 4, "iid_tight": 10, "dirichlet": 10, "iid_middle": 10, "generous": 2}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ def test_sweeps_cover_the_study_and_sizing_adds_up(base):
         path = CONFIGS / f"study_converged_{part}_sweep.toml"
         plans = expand(load_sweep(path))
         assert len(plans) == runs and {p.config.run.seed for p in plans} == {0, 1}
+        assert load_sweep(path).out_dir.startswith("results/sweeps/study-converged/")
         size = sweep_size(path, round_seconds=10.0, startup_seconds=5.0)
         assert size.runs == runs and size.rounds == runs * base.run.num_rounds
         assert size.seconds == pytest.approx(size.rounds * 10.0 + runs * 5.0)
