@@ -2,8 +2,9 @@
 
 A *setting* is every grid value but the seed and the method (budget level, partitioner, ...). Per
 finished run: final accuracy, the per-client peak memory (the largest over client-rounds that
-trained, of the physical ``rss_peak_bytes`` when the metrics have it, else the tensor peak
-``measured_peak_bytes``), the final model's parameters against the dense model's, upload bytes,
+trained) both physical (``rss_peak_bytes``, the client process's resident peak, when the metrics
+have it) and of the training tensors (``measured_peak_bytes``), the final model's parameters
+against the dense model's, upload bytes,
 per device tier the share of sampled client-rounds that trained, the steady-state seconds per round
 and the run's wall seconds (to size a study). Per (setting, method) the mean and the seeds'
 standard deviation and range (:func:`comparison_rows`).
@@ -26,7 +27,9 @@ UPPER_BOUND = "fedavg"
 #: Convergence: the mean test accuracy of the last ``PLATEAU_WINDOW`` rounds is less than
 #: ``PLATEAU_TOL`` above the mean of the ``PLATEAU_WINDOW`` rounds before them.
 PLATEAU_WINDOW, PLATEAU_TOL = 3, 0.003
-PEAK_KEYS = (("rss_peak_bytes", "physical peak (RSS)"), ("measured_peak_bytes", "tensor peak"))
+#: (comparison field, client metric, reader's name) of each peak, the physical one first.
+PEAKS = (("rss_peak_mb", "rss_peak_bytes", "physical peak (process RSS)"),
+         ("tensor_peak_mb", "measured_peak_bytes", "tensor peak (training tensors)"))
 
 
 def method_name(rec: RunRecord) -> str:
@@ -43,20 +46,6 @@ def method_name(rec: RunRecord) -> str:
 def is_baseline(method: str) -> bool:
     """Whether a normalised method string is one of the baselines."""
     return method in BASELINES
-
-
-def peak_kind(records: Sequence[RunRecord]) -> str:
-    """Which peak the runs report: the physical one when any client-round has it, else the tensor one."""
-    for rec in records:
-        for _, c in client_rows(rec.rows):
-            if num(c.get(PEAK_KEYS[0][0])):
-                return PEAK_KEYS[0][0]
-    return PEAK_KEYS[1][0]
-
-
-def peak_label(key: str) -> str:
-    """A reader's name for a peak key."""
-    return dict(PEAK_KEYS).get(key, key)
 
 
 def participation(rec: RunRecord) -> dict[str, float]:
@@ -91,13 +80,19 @@ def plateau_round(accuracies: Sequence[float]) -> int | None:
     return None
 
 
-def run_facts(rec: RunRecord, peak_key: str) -> dict[str, Any]:
+def largest_peak_mb(rec: RunRecord, metric: str) -> float | None:
+    """The largest ``metric`` (bytes) over the run's client-rounds that trained, in MB."""
+    peaks = [num(c.get(metric)) for _, c in client_rows(rec.rows) if not c.get("does_not_fit")]
+    peaks = [p for p in peaks if p]
+    return max(peaks) / MB if peaks else None
+
+
+def run_facts(rec: RunRecord) -> dict[str, Any]:
     """One finished run's figures for the comparison (see module docstring)."""
     s = rec.summary or {}
-    peaks = [num(c.get(peak_key)) for _, c in client_rows(rec.rows) if not c.get("does_not_fit")]
-    peaks = [p for p in peaks if p]
     dense, final = num(s.get("dense_params")), num(s.get("final_params"))
-    return {"accuracy": num(s.get("final_accuracy")), "peak_mb": max(peaks) / MB if peaks else None,
+    return {"accuracy": num(s.get("final_accuracy")),
+            **{field: largest_peak_mb(rec, metric) for field, metric, _ in PEAKS},
             "final_params": final, "smaller": dense / final if dense and final else None,
             "upload_mb": None if num(s.get("upload_bytes_total")) is None else s["upload_bytes_total"] / MB,
             "participation": participation(rec),
@@ -125,20 +120,20 @@ def _stats(vals: Sequence[float | None]) -> dict[str, float | None]:
 
 def comparison_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """One row per (setting, method) over the finished runs, in the order met; budgets ascending."""
-    keys, peak_key = group_key_fields(records), peak_kind(records)
+    keys = group_key_fields(records)
     groups: dict[tuple[str, str], list[tuple[RunRecord, dict[str, Any]]]] = defaultdict(list)
     budgets: dict[str, float] = {}
     for rec in records:
         if rec.done:
             setting = setting_of(rec, keys)
             budgets.setdefault(setting, run_budget_mb(rec) or float("inf"))
-            groups[(setting, method_name(rec))].append((rec, run_facts(rec, peak_key)))
+            groups[(setting, method_name(rec))].append((rec, run_facts(rec)))
     out = []
     for (setting, method), members in sorted(groups.items(), key=lambda kv: budgets[kv[0][0]]):
         facts = [f for _, f in members]
         row: dict[str, Any] = {"setting": setting, "budget_mb": budgets[setting], "method": method,
-                               "baseline": is_baseline(method), "seeds": len(members), "peak_kind": peak_key}
-        for f in ("accuracy", "peak_mb", "final_params", "smaller", "upload_mb", "round_seconds", "wall_seconds"):
+                               "baseline": is_baseline(method), "seeds": len(members)}
+        for f in ("accuracy", *(p[0] for p in PEAKS), "final_params", "smaller", "upload_mb", "round_seconds", "wall_seconds"):
             for stat, v in _stats([x[f] for x in facts]).items():
                 row[f"{f}_{stat}"] = v
         plateaus = [x["plateau_round"] for x in facts]

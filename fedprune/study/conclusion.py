@@ -142,14 +142,14 @@ def conclusion_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The methods side by side per setting (Markdown): accuracy, peak, size, upload, participation."""
-    from fedprune.study.comparison import peak_label
+    from fedprune.study.comparison import PEAKS
     from fedprune.study.markdown import fmt, md_table
 
     if not rows:
         return ""
     tiers = list(dict.fromkeys(k.split(":", 1)[1] for r in rows for k in r if k.startswith("participation:")))
     header = ["setting", "method", "seeds", "accuracy (%)", "seed range (%)",
-              f"largest client {peak_label(rows[0]['peak_kind'])} (MB)", "final params", "x smaller",
+              *(f"largest client {name} (MB)" for _, _, name in PEAKS), "final params", "x smaller",
               "upload (MB)"] + [f"trained: {t} (%)" for t in tiers]
     lines = []
     for r in rows:
@@ -157,7 +157,8 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"{100 * r['accuracy_mean']:.2f} ± {100 * (r['accuracy_std'] or 0):.2f}")
         rng = "-" if r["accuracy_min"] is None else f"{100 * r['accuracy_min']:.2f}-{100 * r['accuracy_max']:.2f}"
         lines.append([r["setting"], r["method"] + (" (baseline)" if r["baseline"] else ""), str(r["seeds"]),
-                      acc, rng, fmt(r.get("peak_mb_mean"), "mb"), fmt(r.get("final_params_mean"), "int"),
+                      acc, rng, *(fmt(r.get(f"{f}_mean"), "mb") for f, _, _ in PEAKS),
+                      fmt(r.get("final_params_mean"), "int"),
                       fmt(r.get("smaller_mean"), "x"), fmt(r.get("upload_mb_mean"), "mb")]
                      + [fmt(r.get(f"participation:{t}"), "pct") for t in tiers])
     return md_table(header, lines) + "\n"

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedprune.study.comparison import comparison_rows, peak_label
+from fedprune.study.comparison import PEAKS, comparison_rows
 from fedprune.study.runs import RunRecord
 
 MARKERS = "osD^v<>Pp*hX"
@@ -30,10 +30,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def _pareto_panel(ax: Any, rows: list[dict[str, Any]], colours: dict[str, Any], budgets: list[float]) -> None:
+def _pareto_panel(ax: Any, rows: list[dict[str, Any]], colours: dict[str, Any], budgets: list[float],
+                  field: str) -> None:
     pts = []
     for r in rows:
-        x, y = r.get("peak_mb_mean"), r.get("accuracy_mean")
+        x, y = r.get(f"{field}_mean"), r.get("accuracy_mean")
         if x is None or y is None:
             continue
         err = 100 * (r.get("accuracy_std") or 0)
@@ -53,10 +54,12 @@ def _pareto_panel(ax: Any, rows: list[dict[str, Any]], colours: dict[str, Any], 
 
 
 def fig_accuracy_vs_peak(records: Sequence[RunRecord], path: Path) -> bool:
-    """Final accuracy (%) vs the run's largest per-client peak (MB, log), colour: method, marker:
-    budget; error bars: the seeds' standard deviation; dashed: the Pareto front."""
-    rows = [r for r in comparison_rows(records) if r.get("peak_mb_mean") is not None]
-    if not rows:
+    """Final accuracy (%) vs the run's largest per-client peak (MB, log): one row of panels per peak
+    the metrics have (physical first, then the training tensors'), one panel per setting without its
+    budget. Colour: method; marker: budget; error bars: the seeds' std; dashed: the Pareto front."""
+    rows = comparison_rows(records)
+    kinds = [(f, name) for f, _, name in PEAKS if any(r.get(f"{f}_mean") is not None for r in rows)]
+    if not kinds:
         return False
     from fedprune.study.figures import _plt
 
@@ -67,20 +70,22 @@ def fig_accuracy_vs_peak(records: Sequence[RunRecord], path: Path) -> bool:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     budgets = sorted({r["budget_mb"] for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(7.0, 4.6 * len(panels) + 0.6), 4.6), squeeze=False,
-                             sharey=True)
-    for ax, (name, members) in zip(axes[0], panels.items()):
-        _pareto_panel(ax, members, colours, budgets)
-        ax.set_title(name)
-        ax.set_xlabel(f"largest per-client {peak_label(rows[0]['peak_kind'])} (MB)")
-    axes[0][0].set_ylabel("final test accuracy (%)")
+    size = (max(7.0, 4.6 * len(panels) + 0.6), 3.6 * len(kinds) + 1)
+    fig, axes = plt.subplots(len(kinds), len(panels), figsize=size, squeeze=False, sharey=True)
+    for i, (field, name) in enumerate(kinds):
+        for ax, (title, members) in zip(axes[i], panels.items()):
+            _pareto_panel(ax, members, colours, budgets, field)
+            ax.set_title(title)
+            ax.set_xlabel(f"largest per-client {name} (MB)")
+        axes[i][0].set_ylabel("final test accuracy (%)")
     handles = [plt.Line2D([], [], color=colours[m], marker="o", ls="none") for m in methods]
     handles += [plt.Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="none")
                 for i in range(len(budgets))]
     labels = methods + [f"budget {b:.4g} MB" for b in budgets]
     fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=4, frameon=False)
     fig.suptitle("Accuracy vs memory (mean over seeds; dashed: Pareto front)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(labels) + 3) // 4), 1, 1))
+    legend_share = (0.05 + 0.045 * ((len(labels) + 3) // 4)) / len(kinds)
+    fig.tight_layout(rect=(0, legend_share, 1, 1))
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return True

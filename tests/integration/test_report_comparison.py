@@ -83,8 +83,8 @@ def test_rows_per_setting_and_method_with_seed_statistics(report):
     assert het["seeds"] == 2 and het["baseline"] is True
     assert het["accuracy_mean"] == pytest.approx(0.87) and het["accuracy_std"] == pytest.approx(0.01414, abs=1e-4)
     assert (het["accuracy_min"], het["accuracy_max"]) == (0.86, 0.88)
-    assert het["peak_mb_mean"] == pytest.approx(3.0 * (0.5 + 3 / 8), rel=1e-6)  # the largest client
-    assert het["peak_kind"] == "measured_peak_bytes"
+    assert het["tensor_peak_mb_mean"] == pytest.approx(3.0 * (0.5 + 3 / 8), rel=1e-6)  # the largest client
+    assert het["rss_peak_mb_mean"] is None  # no physical peak in these metrics
     dyn = next(r for r in rows if r["method"] == "dynhp")
     assert dyn["baseline"] is False and dyn["smaller_mean"] == pytest.approx(1000 / 150)
     assert dyn["upload_mb_mean"] == pytest.approx(4.0)
@@ -95,12 +95,12 @@ def test_rows_per_setting_and_method_with_seed_statistics(report):
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
-def test_physical_peak_used_when_present(tmp_path):
+def test_physical_peak_reported_beside_the_tensor_peak_when_present(tmp_path):
     kind, records = collect_runs(make_sweep(tmp_path, rss=True))
     rows = comparison_rows(records)
     het = next(r for r in rows if r["method"] == "heterofl")
-    assert het["peak_kind"] == "rss_peak_bytes"
-    assert het["peak_mb_mean"] == pytest.approx(3.0 * (0.5 + 3 / 8) + 100, rel=1e-6)
+    assert het["rss_peak_mb_mean"] == pytest.approx(3.0 * (0.5 + 3 / 8) + 100, rel=1e-6)
+    assert het["tensor_peak_mb_mean"] == pytest.approx(3.0 * (0.5 + 3 / 8), rel=1e-6)
 
 
 def test_participation_counts_failed_clients_as_sampled(tmp_path):
