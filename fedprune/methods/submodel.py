@@ -3,8 +3,8 @@
 A width sub-network at ratio ``r`` keeps, in every prunable neuron group of ``n`` neurons,
 ``k = max(1, ceil(r * n))`` neurons: the first ``k`` (HeteroFL's nested widths, the small model)
 or the ``k`` consecutive ones from ``offset``, wrapping around (FedRolex's rolling window). Its
-compact model is the zoo model with every layer ``r`` times as wide (``build_model(..., width=r)``). These helpers serve the
-baselines of :mod:`fedprune.methods.heterofl`, :mod:`fedprune.methods.fedrolex` and
+compact model is the zoo model with every layer ``r`` times as wide (``build_model(..., width=r)``).
+These helpers serve the baselines of :mod:`fedprune.methods.heterofl`, :mod:`fedprune.methods.fedrolex` and
 :mod:`fedprune.methods.small_model`.
 """
 

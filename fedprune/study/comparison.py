@@ -96,7 +96,8 @@ def run_facts(rec: RunRecord) -> dict[str, Any]:
             "final_params": final, "smaller": dense / final if dense and final else None,
             "upload_mb": None if num(s.get("upload_bytes_total")) is None else s["upload_bytes_total"] / MB,
             "participation": participation(rec),
-            "plateau_round": plateau_round([a for a in (num(r.get("accuracy")) for r in rec.rows) if a is not None]),
+            "plateau_round": plateau_round([a for a in (num(r.get("accuracy")) for r in rec.rows)
+                                            if a is not None]),
             "rounds": len(rec.rows),
             # steady state: the first round also starts the simulation's processes
             "round_seconds": mean(num(r.get("round_seconds")) for r in rec.rows[1:]),
@@ -133,7 +134,8 @@ def comparison_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
         facts = [f for _, f in members]
         row: dict[str, Any] = {"setting": setting, "budget_mb": budgets[setting], "method": method,
                                "baseline": is_baseline(method), "seeds": len(members)}
-        for f in ("accuracy", *(p[0] for p in PEAKS), "final_params", "smaller", "upload_mb", "round_seconds", "wall_seconds"):
+        for f in ("accuracy", *(p[0] for p in PEAKS), "final_params", "smaller", "upload_mb",
+                  "round_seconds", "wall_seconds"):
             for stat, v in _stats([x[f] for x in facts]).items():
                 row[f"{f}_{stat}"] = v
         plateaus = [x["plateau_round"] for x in facts]
