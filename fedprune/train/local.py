@@ -75,6 +75,8 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     ``num_examples == 0`` and model, mask and method state come back unchanged); the returned model
     is compact for the returned mask, a subset of ``mask`` (the input model may have been trained in
     place); every measured step peak is <= ``budget_bytes`` or counted in ``metrics["violations"]``;
+    the methods' round plans (``Method.plan_round``: a baseline's sub-network, fixed batch, no
+    budget, or a skip, which counts as "does not fit") are applied before the first batch fit;
     the batch is refitted at the start and after every structural change; all ``requires_grad``
     flags are restored; ``metrics`` is flat and JSON-able; ``method_state`` holds only numpy arrays
     and scalars. Raises ``ValueError`` for an invalid config, method name or round index.
