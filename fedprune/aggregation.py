@@ -5,7 +5,8 @@ Invariants:
   mask keeps it; a coordinate no update kept keeps its previous value. With every mask full it is
   exactly FedAvg's weighted mean.
 - ``update_global_mask``: global pruning is monotone (a neuron pruned globally never comes back) and
-  never empties a group.
+  never empties a group; every policy keeps each neuron that some client of the round kept, except
+  ``quorum``, which prunes by example weight.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-MASK_POLICIES = ("unanimous", "quorum")
+MASK_POLICIES = ("unanimous", "quorum", "keep")
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,15 @@ def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence
                        quorum: float = 0.5) -> dict[str, np.ndarray]:
     """The next global neuron mask from the clients' masks.
 
-    ``unanimous``: a neuron is pruned when every client pruned it. ``quorum``: when clients holding at
-    least ``quorum`` of the examples' weight pruned it. The result is a subset of ``current``; if a
+    ``unanimous``: a neuron is pruned when every client pruned it (the union of the clients' masks:
+    what HeteroFL's widest tier trains survives). ``quorum``: when clients holding at least
+    ``quorum`` of the examples' weight pruned it. ``keep``: never (the mask stays ``current``;
+    FedRolex's rolling windows need every neuron). The result is a subset of ``current``; if a
     rule would empty a group, the alive neuron that most weight kept survives.
     """
     if policy not in MASK_POLICIES:
         raise ValueError(f"unknown mask policy {policy!r}; expected one of {', '.join(MASK_POLICIES)}")
-    if not client_masks:
+    if not client_masks or policy == "keep":
         return {k: v.copy() for k, v in current.items()}
     w = np.asarray(weights, dtype=np.float64)
     total = w.sum() if w.sum() > 0 else 1.0

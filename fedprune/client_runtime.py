@@ -20,6 +20,7 @@ import numpy as np
 from fedprune.client_state import load_client_state, save_client_state
 from fedprune.config import ExperimentConfig
 from fedprune.faults import corrupt_reply, describe, draw_fault, fail_before_training
+from fedprune.fleet_width import resolve_method_configs
 from fedprune.data import dataset_info, load_dataset, partition_indices, train_val_split
 from fedprune.global_model import numpy_to_state, state_to_numpy
 from fedprune.memory import BudgetSpec, make_budget_schedule
@@ -96,7 +97,8 @@ class ClientRuntime:
                          if spec else None)
         self.methods = methods if methods is not None else cfg.methods.names
         self.train_cfg = TrainConfig.from_section(cfg.train, cfg.run.seed)
-        methods_now = build_methods(self.methods, cfg.methods.method_configs())
+        self.method_cfgs = resolve_method_configs(cfg)  # an auto small-model width resolved from the fleet
+        methods_now = build_methods(self.methods, self.method_cfgs)
         self.prune_floor = prune_to_fit_floor(methods_now)
         self.step_memory = tuple(a for m in methods_now
                                  if (a := m.step_memory(SimpleNamespace(model=None, sites=None))) is not None)
@@ -120,7 +122,7 @@ class ClientRuntime:
         pre_pruned, share = 0, 1.0
         for _ in range(8):
             result = train_local(model, mask, self.graph, self.data, cfg, self.methods,
-                                 self.cfg.methods.method_configs(), budget, method_state,
+                                 self.method_cfgs, budget, method_state,
                                  round_idx=server_round - 1, num_rounds=self.cfg.run.num_rounds)
             if not (result.metrics.get("does_not_fit") and budget is not None and self.prune_floor is not None):
                 break

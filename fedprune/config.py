@@ -193,12 +193,12 @@ class MemorySection:
 
 @dataclass
 class StrategySection:
-    mask_policy: str = "unanimous"  # unanimous: pruned when every client pruned it; quorum: by weight
+    mask_policy: str = "unanimous"  # unanimous: pruned when every client pruned it; quorum: by weight; keep: never
     quorum: float = 0.5
 
     def validate(self, p: str) -> None:
-        _check(self.mask_policy in ("unanimous", "quorum"), f"{p}mask-policy", self.mask_policy,
-               "expected 'unanimous' or 'quorum'")
+        _check(self.mask_policy in ("unanimous", "quorum", "keep"), f"{p}mask-policy", self.mask_policy,
+               "expected 'unanimous', 'quorum' or 'keep'")
         _check(0 < self.quorum <= 1, f"{p}quorum", self.quorum, "must be in (0, 1]")
 
 

@@ -2,7 +2,9 @@
 
 A client can train when the smallest model it may reach fits its smallest budget at batch 1:
 the dense model when none of its methods may prune to fit, else the model pruned down to the
-methods' floor (``Method.prune_to_fit_floor``: DynHP's ``min-neurons``) per group.
+methods' floor (``Method.prune_to_fit_floor``: DynHP's ``min-neurons``) per group. Clients running
+a baseline that decides itself what to train under its budget (``Method.handles_budget``) are not
+checked: they train a sub-model, skip the round, or have no limit.
 ``check_budgets`` raises ``ConfigError`` naming the client, its budget and what it would need.
 """
 
@@ -56,7 +58,10 @@ def check_budgets(cfg: ExperimentConfig) -> None:
             continue
         schedule = make_budget_schedule(spec, seed=cfg.run.seed, client_id=pid)
         lowest = min(schedule.budget_bytes(r) for r in range(1, cfg.run.num_rounds + 1))
-        floor = prune_to_fit_floor(build_methods(profile.methods, cfg.methods.method_configs()))
+        built = build_methods(profile.methods, cfg.methods.method_configs())
+        if any(m.handles_budget() for m in built):  # a baseline: sub-model, skip or no limit
+            continue
+        floor = prune_to_fit_floor(built)
         if floor not in needs:
             needs[floor] = smallest_training_need(cfg, floor)
         need = needs[floor]

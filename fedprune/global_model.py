@@ -23,6 +23,19 @@ from fedprune.models import build_model, example_input
 from fedprune.surgery import MaskError, NeuronGraph, NeuronMask
 
 
+def effective_mask_policy(cfg: ExperimentConfig) -> str:
+    """The global mask policy a run uses: ``strategy.mask-policy``, except ``keep`` when some client
+    runs ``fedrolex`` (its rolling windows need every neuron); ``ValueError`` for fedrolex with
+    ``quorum``, which would prune neurons that later windows train."""
+    methods = "+".join(cfg.methods.names) + "," + cfg.fleet.methods
+    if "fedrolex" not in methods:
+        return cfg.strategy.mask_policy
+    if cfg.strategy.mask_policy == "quorum":
+        raise ValueError("strategy.mask-policy = 'quorum' cannot run with fedrolex: its rolling windows "
+                         "need every neuron; use 'keep' (or 'unanimous', which becomes 'keep')")
+    return "keep"
+
+
 class InvalidUpdate(ValueError):
     """A client's reply cannot be aggregated (bad mask, tensors that do not match it, NaN/Inf)."""
 
@@ -58,6 +71,7 @@ class GlobalModel:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
+        self.mask_policy = effective_mask_policy(cfg)
         info = dataset_info(cfg.data.dataset)
         self.info = info
         self.example = example_input(info.channels, info.image_size)
@@ -157,7 +171,7 @@ class GlobalModel:
             new_mask = update_global_mask(
                 self.mask.to_arrays(), [u.mask for u, _ in accepted],
                 [u.num_examples for u, _ in accepted],
-                self.cfg.strategy.mask_policy, self.cfg.strategy.quorum)
+                self.mask_policy, self.cfg.strategy.quorum)
             self.mask = NeuronMask.from_arrays(self.graph, new_mask)
             self._canonicalize()
         return {"accepted": [u.client for u, _ in accepted], "rejected": rejected, "applied": applied}

@@ -3,27 +3,37 @@
 ``build_model(name, in_channels, num_classes, image_size)`` returns a freshly
 initialised ``nn.Module`` whose output is ``(batch, num_classes)`` logits. The
 same name and seed always give the same weights, so a client and the server can
-rebuild the dense reference architecture independently.
+rebuild the dense reference architecture independently. ``width`` scales every
+hidden layer to ``scaled_width(n, width)`` channels/units (the LeNets, ResNet-8
+and the VGG): the same architecture as the first-channels sub-network of the
+dense model that the width baselines train (``fedprune.methods.submodel``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import nn
 
 
+def scaled_width(n: int, width: float) -> int:
+    """``ceil(width * n)`` clamped to ``[1, n]``: a layer of ``n`` neurons at width multiplier ``width``."""
+    return max(1, min(int(n), math.ceil(width * n - 1e-9)))
+
+
 class LeNet5(nn.Module):
     """LeNet-5 as in the SeReNe/LOBSTER tables: conv 20 - conv 50 - fc 500 - fc classes."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: float = 1.0):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
-        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        c1, c2, f1 = (scaled_width(n, width) for n in (20, 50, 500))
+        self.conv1 = nn.Conv2d(in_channels, c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
         side = ((image_size - 4) // 2 - 4) // 2
-        self.fc1 = nn.Linear(50 * side * side, 500)
-        self.fc2 = nn.Linear(500, num_classes)
+        self.fc1 = nn.Linear(c2 * side * side, f1)
+        self.fc2 = nn.Linear(f1, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
@@ -36,11 +46,12 @@ class LeNet5(nn.Module):
 class LeNet300(nn.Module):
     """LeNet-300-100: a fully connected 300-100-classes network."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: float = 1.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_channels * image_size * image_size, 300)
-        self.fc2 = nn.Linear(300, 100)
-        self.fc3 = nn.Linear(100, num_classes)
+        h1, h2 = scaled_width(300, width), scaled_width(100, width)
+        self.fc1 = nn.Linear(in_channels * image_size * image_size, h1)
+        self.fc2 = nn.Linear(h1, h2)
+        self.fc3 = nn.Linear(h2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)
@@ -74,8 +85,9 @@ class SmallResNet(nn.Module):
     """A ResNet-8 for 28x28 inputs: stem 16, three stages (16, 32, 64) of one BasicBlock each."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
-                 widths: tuple[int, ...] = (16, 32, 64)):
+                 widths: tuple[int, ...] = (16, 32, 64), width: float = 1.0):
         super().__init__()
+        widths = tuple(scaled_width(w, width) for w in widths)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         blocks, in_planes = [], widths[0]
@@ -97,7 +109,7 @@ class SmallVGG(nn.Module):
 
     CFG = (32, 32, "M", 64, 64, "M", 128, "M")
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: float = 1.0):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -105,12 +117,14 @@ class SmallVGG(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
-                c = int(v)
+                out = scaled_width(int(v), width)
+                layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+                c = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(2)
+        hidden = scaled_width(256, width)
         self.classifier = nn.Sequential(
-            nn.Linear(c * 4, 256), nn.ReLU(), nn.Linear(256, num_classes)
+            nn.Linear(c * 4, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,21 +163,34 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "mobilenet_v2": _torchvision_mobilenet_v2,
 }
 MODEL_NAMES = tuple(MODELS)
+#: The models that take a width multiplier (``build_model(..., width=w)``).
+WIDTH_MODELS: dict[str, type] = {"lenet5": LeNet5, "lenet300": LeNet300, "resnet8": SmallResNet, "vgg": SmallVGG}
 
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
-                seed: int | None = None) -> nn.Module:
+                seed: int | None = None, width: float = 1.0) -> nn.Module:
     """Build a fresh model by name; with ``seed`` the initial weights are reproducible.
 
-    Raises ``ValueError`` naming the known models when ``name`` is unknown.
+    ``width`` in (0, 1] scales every hidden layer (models of ``WIDTH_MODELS`` only). Raises
+    ``ValueError`` naming the known models when ``name`` is unknown, or for a width that is out of
+    range or not supported by the model.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if not 0.0 < width <= 1.0 or (width != 1.0 and name not in WIDTH_MODELS):
+        raise ValueError(f"width={width!r} for model {name!r}: expected 1, or a value in (0, 1] for "
+                         f"{', '.join(WIDTH_MODELS)}")
+
+    def make() -> nn.Module:
+        if width == 1.0:
+            return MODELS[name](in_channels, num_classes, image_size)
+        return WIDTH_MODELS[name](in_channels, num_classes, image_size, width=width)
+
     if seed is None:
-        return MODELS[name](in_channels, num_classes, image_size)
+        return make()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name](in_channels, num_classes, image_size)
+        return make()
 
 
 def example_input(in_channels: int = 1, image_size: int = 28, batch_size: int = 1) -> torch.Tensor:

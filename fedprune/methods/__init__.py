@@ -33,14 +33,14 @@ __all__ = [
 def parse_methods(spec: str) -> list[str]:
     """Parse a ``+``-joined method string (``"dynhp+neq"``) into the list of enabled methods.
 
-    Guarantees: names are lower-cased and stripped; the result has no duplicates and keeps the given
+    Guarantees: names are lower-cased and stripped, hyphens read as underscores (``fedavg-drop``); the result has no duplicates and keeps the given
     order; ``"none"`` (alone) gives ``[]`` (plain training / FedAvg). Raises ``ValueError`` naming the
     offending token for an unknown name, an empty token, a duplicate, or ``none`` combined with others.
     """
     if not isinstance(spec, str):
         raise ValueError(f"methods must be a string like 'dynhp+neq', got {spec!r}")
     known = ("none", *registry.registered_names())
-    tokens = [t.strip().lower() for t in spec.split("+")]
+    tokens = [t.strip().lower().replace("-", "_") for t in spec.split("+")]
     out: list[str] = []
     for tok in tokens:
         if tok not in known:

@@ -3,6 +3,8 @@
 The trainer (``fedprune.train``) owns the model, optimizer, batch size and memory budget; it calls
 the hooks of every enabled :class:`Method` in ``HOOK_ORDER`` at fixed points of the loop::
 
+    plan_round(ctx) -> RoundPlan?    once, before the batch is fitted: the sub-network this client
+                                     trains this round and how it treats its budget (baselines)
     begin(ctx)                       once, after load_state_dict
     attach(ctx)                      after begin and after every structural change (new compact model)
     for each epoch:
@@ -36,7 +38,24 @@ A hook that returns a mask never edits the model itself: the trainer applies it 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What a method decides before a client's round, applied by the trainer before the batch fit.
+
+    ``mask``: the sub-network to train (intersected with the received mask; ``None``: all of it).
+    ``fixed_batch``: train at ``cfg.batch_size`` only (no batch fitting; a model that does not fit
+    at that batch does not train). ``unbounded``: ignore the memory budget (the peak is still
+    measured). ``skip``: a non-empty reason makes the client skip the round ("does not fit").
+    """
+
+    mask: Any = None
+    fixed_batch: bool = False
+    unbounded: bool = False
+    skip: str = ""
 
 
 class Method:
@@ -56,6 +75,15 @@ class Method:
 
     def detach(self, ctx) -> None:
         """Remove hooks and undo any reversible model edits (e.g. ``requires_grad``)."""
+
+    def plan_round(self, ctx) -> RoundPlan | None:
+        """Before the batch is fitted: the sub-network and budget rule of this round (``None``: none)."""
+        return None
+
+    def handles_budget(self) -> bool:
+        """Whether the method itself decides what the client trains under its budget (a sub-model,
+        skipping the round, or no limit), so the config check must not require the dense model to fit."""
+        return False
 
     # ------------------------------------------------------------------ loop hooks
     def epoch_start(self, ctx):

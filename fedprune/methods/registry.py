@@ -15,11 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fedprune.methods.baseline_config import (FedAvgConfig, FedAvgDropConfig, FedRolexConfig, HeteroFLConfig,
+                                              SmallModelConfig)
 from fedprune.methods.config import DynHPConfig, LobsterConfig, NEqConfig, SeReNeConfig
 from fedprune.methods.dynhp import DynHP
+from fedprune.methods.fedavg import FedAvgDrop, FedAvgUnbounded
+from fedprune.methods.fedrolex import FedRolex
+from fedprune.methods.heterofl import HeteroFL
 from fedprune.methods.lobster import Lobster
 from fedprune.methods.neq import NEq
 from fedprune.methods.serene import SeReNe
+from fedprune.methods.small_model import SmallModel
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ BUILTIN: tuple[MethodEntry, ...] = (
     MethodEntry("serene", SeReNe, SeReNeConfig, hook_rank=20),
     MethodEntry("neq", NEq, NEqConfig, hook_rank=90),
     MethodEntry("lobster", Lobster, LobsterConfig, hook_rank=10),
+    # baselines: they only plan the round (sub-network, batch rule); ranks keep them first
+    MethodEntry("fedavg", FedAvgUnbounded, FedAvgConfig, hook_rank=1),
+    MethodEntry("fedavg_drop", FedAvgDrop, FedAvgDropConfig, hook_rank=2),
+    MethodEntry("small_model", SmallModel, SmallModelConfig, hook_rank=3),
+    MethodEntry("heterofl", HeteroFL, HeteroFLConfig, hook_rank=4),
+    MethodEntry("fedrolex", FedRolex, FedRolexConfig, hook_rank=5),
 )
 
 _ENTRIES: dict[str, MethodEntry] = {e.name: e for e in BUILTIN}

@@ -1,7 +1,8 @@
 """Reading finished (or unfinished) runs from disk: one :class:`RunRecord` per results folder.
 
 A results folder holds ``config.toml`` + ``metrics.jsonl`` (+ ``summary.json`` once finished); a sweep
-folder holds ``sweep.json`` and ``runs/<id>/``; any other folder is searched for run folders below it.
+folder holds ``sweep.json`` and ``runs/<id>/``; a folder whose subfolders are sweep folders is read as
+one sweep (their runs, ids prefixed by the subfolder); any other folder is searched for run folders.
 """
 
 from __future__ import annotations
@@ -89,23 +90,35 @@ def _read_run(run_dir: Path, rid: str, overrides: dict[str, Any]) -> RunRecord:
     return RunRecord(rid, run_dir, cfg, dict(overrides), summary, read_metrics(run_dir), notes)
 
 
+def _sweep_runs(root: Path, prefix: str) -> list[RunRecord]:
+    """The started runs of the sweep folder ``root`` with their grid values; ids get ``prefix``."""
+    data = json.loads((root / MANIFEST_FILE).read_text())
+    runs = []
+    for entry in data.get("runs", []):
+        d = root / entry.get("dir", f"runs/{entry['id']}")
+        if _is_run_dir(d):
+            runs.append(_read_run(d, prefix + entry["id"], entry.get("overrides", {})))
+    return runs
+
+
 def collect_runs(path: str | Path) -> tuple[str, list[RunRecord]]:
-    """``(kind, runs)`` for a run folder (``"run"``), a sweep folder (``"sweep"``) or a tree (``"tree"``)."""
+    """``(kind, runs)`` for a run folder (``"run"``), a sweep folder or a folder of sweep folders
+    (``"sweep"``: runs keep their grid values), or any other tree (``"tree"``)."""
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise ReportError(f"{path}: no such folder")
     if _is_run_dir(root):
         return "run", [_read_run(root, root.name, {})]
-    manifest = root / MANIFEST_FILE
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        runs = []
-        for entry in data.get("runs", []):
-            d = root / entry.get("dir", f"runs/{entry['id']}")
-            if _is_run_dir(d):
-                runs.append(_read_run(d, entry["id"], entry.get("overrides", {})))
+    if (root / MANIFEST_FILE).is_file():
+        runs = _sweep_runs(root, "")
         if not runs:
             raise ReportError(f"{path}: the sweep has no started runs yet")
+        return "sweep", runs
+    sweeps = sorted(p.parent for p in root.glob(f"*/{MANIFEST_FILE}"))
+    if sweeps:  # a folder of sweeps (e.g. one per partitioner): their runs keep their grid values
+        runs = [r for d in sweeps for r in _sweep_runs(d, f"{d.name}/")]
+        if not runs:
+            raise ReportError(f"{path}: the sweeps have no started runs yet")
         return "sweep", runs
     found = sorted({p.parent for p in root.rglob(CONFIG_FILE) if _is_run_dir(p.parent)})
     if not found:

@@ -20,6 +20,7 @@ from fedprune.methods.sites import build_sites
 from fedprune.train.context import ClientData, TrainConfig, TrainContext, TrainResult
 from fedprune.train.evaluation import evaluate
 from fedprune.train.loop import LocalTrainer
+from fedprune.train.round_plan import apply_round_plan
 from fedprune.train.metrics import build_metrics, dense_params
 
 
@@ -74,6 +75,8 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     ``num_examples == 0`` and model, mask and method state come back unchanged); the returned model
     is compact for the returned mask, a subset of ``mask`` (the input model may have been trained in
     place); every measured step peak is <= ``budget_bytes`` or counted in ``metrics["violations"]``;
+    the methods' round plans (``Method.plan_round``: a baseline's sub-network, fixed batch, no
+    budget, or a skip, which counts as "does not fit") are applied before the first batch fit;
     the batch is refitted at the start and after every structural change; all ``requires_grad``
     flags are restored; ``metrics`` is flat and JSON-able; ``method_state`` holds only numpy arrays
     and scalars. Raises ``ValueError`` for an invalid config, method name or round index.
@@ -103,11 +106,14 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     for m in trainer.methods:
         m.load_state_dict(_split_state(method_state, m.name))
     ctx.sites = build_sites(graph, model, mask)  # methods' state sizes depend on them
+    skip = apply_round_plan(trainer)
+    if skip:
+        return not_fit(skip)
     batch = trainer.budget.fit_batch()
     if batch == 0:
-        return not_fit(f"min_batch={cfg.min_batch} does not fit budget_bytes={budget_bytes}")
+        return not_fit(f"min_batch={ctx.cfg.min_batch} does not fit budget_bytes={budget_bytes}")
     _start(trainer, batch)
-    neurons_before = mask.num_alive()
+    neurons_before = ctx.mask.num_alive()
     train_loss, train_acc = _train(trainer)
     if trainer.out_of_memory and trainer.stats["steps"] == 0:
         return not_fit("out of memory at min_batch")

@@ -151,7 +151,8 @@ def test_budget_column_is_the_mean_client_budget(report):
 
 
 def test_figures_exist_and_are_small(report):
-    assert set(report.figures) == {"accuracy_vs_budget.png", "accuracy_vs_params.png",
+    assert set(report.figures) == {"accuracy_vs_peak_memory.png", "participation_per_tier.png",
+                                   "accuracy_vs_budget.png", "accuracy_vs_params.png",
                                    "clients_over_rounds.png", "flops_saved_over_rounds.png",
                                    "accuracy_over_rounds.png"}
     for name in report.figures:
