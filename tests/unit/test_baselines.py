@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from support import synthetic_client_data
 
 from fedprune.aggregation import update_global_mask
