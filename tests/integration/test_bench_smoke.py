@@ -70,15 +70,17 @@ def test_results_page_has_a_section_table_and_figure_per_benchmark(tmp_path):
 def test_serene_table_row_is_the_json(tmp_path):
     from sections import serene_section
 
-    data = {"epochs": 2, "baseline": {"test_accuracy": 0.9, "neurons": "[20]-[50]-[500]-[10]"},
-            "serene": {"test_accuracy": 0.89, "neurons": "[5]-[6]-[7]-[10]", "compression_nonzero": 40.0,
-                       "params_compact": 1000, "compression_structural": 431.08},
-            "table": [{"layer": n, "remaining_pct": p} for n, p in
-                      [("conv1", 50.0), ("conv2", 5.0), ("fc1", 0.5), ("fc2", 20.0)]],
-            "accuracy_loss_points": 1.0}
+    arm = {"layer_remaining_pct": [50.0, 5.0, 0.5, 20.0], "layer_remaining_pct_std": [1.0, 0.5, 0.05, 2.0],
+           "layer_neurons": [5, 6, 7, 10], "compression_structural": 40.0, "compression_structural_std": 4.0,
+           "onnx_bytes": 12000.0, "onnx_bytes_std": 1000.0, "test_accuracy": 0.89, "test_accuracy_std": 0.01}
+    data = {"epochs": 2, "seeds": [0, 1, 2], "arms": {"SeReNe": arm},
+            "table": [{"layer": n} for n in ("conv1", "conv2", "fc1", "fc2")], "accuracy_loss_points": 1.0}
     text = serene_section(data, tmp_path)
-    assert "| SeReNe (ours) | Fashion-MNIST | 50.00% | 5.00% | 0.50% | 20.00% | 40.0x | [5]-[6]-[7]-[10] | 11.00% |" in text
-    assert "| baseline (ours) | Fashion-MNIST | 100% | 100% | 100% | 100% | 1x | [20]-[50]-[500]-[10] | 10.00% |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| SeReNe (ours) |"))
+    assert "| 50.00 ± 1.00% | 5.00 ± 0.50% | 0.50 ± 0.05% | 20.00 ± 2.00% | [5]-[6]-[7]-[10] |" in row
+    assert "40.0" in row and "89.00" in row and "12 " in row
+    assert "| SeReNe (paper, non-zero) | MNIST | 33.75% |" in text
+
 
 
 def test_results_page_script_writes_the_page_and_the_readme_table(tmp_path, capsys):
