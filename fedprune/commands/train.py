@@ -9,6 +9,7 @@ from typing import Any
 
 from fedprune.train.centralized import run_centralized_experiment
 from fedprune.errors import UsageError
+from fedprune.memory.resident import start_client_process
 from fedprune.run_folder import read_config, validate_for_run
 
 
@@ -29,6 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"results folder {out} is a file, not a folder; pass another --out")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")
+    start_client_process()  # this process is the device: its resident memory is what the budget bounds
     summary = run_centralized_experiment(cfg, out, epochs=args.epochs)
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "final_params", "compression")
                       if k in summary}))

@@ -14,11 +14,14 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from fedprune.memory.resident import close_round, open_round
+from fedprune.memory.warmup import warm_up
 from fedprune.methods import build_methods, parse_methods
 from fedprune.methods.flops import dense_bprop_flops, layer_costs
 from fedprune.methods.sites import build_sites
 from fedprune.train.context import ClientData, TrainConfig, TrainContext, TrainResult
 from fedprune.train.evaluation import evaluate
+from fedprune.train.budgeting import ReferenceStep
 from fedprune.train.loop import LocalTrainer
 from fedprune.train.metrics import build_metrics, dense_params
 
@@ -60,6 +63,13 @@ def _train(trainer: LocalTrainer) -> tuple[float, float]:
             p.requires_grad_(True)
 
 
+def warm_up_process(model: nn.Module, data: ClientData, cfg: TrainConfig, names: list[str]) -> None:
+    """Measure this process's resident-memory figures for the model class and methods (once per
+    process; a no-op unless ``start_client_process`` ran). See :mod:`fedprune.memory.warmup`."""
+    key = f"{type(model).__name__}|{'+'.join(names)}|{tuple(data.train_x.shape[1:])}"
+    warm_up(key, model, cfg.optimizer, data.train_x, data.train_y, ReferenceStep(), cfg.min_batch)
+
+
 def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfig, methods: list[str] | str,
                 method_cfgs: Mapping[str, Any] | None, budget_bytes: int | None,
                 method_state: Mapping[str, Any] | None = None, round_idx: int = 0, num_rounds: int = 1, *,
@@ -84,8 +94,26 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     if not 0 <= round_idx < num_rounds:
         raise ValueError(f"round_idx={round_idx} must be in [0, num_rounds={num_rounds})")
     budget_bytes = None if budget_bytes is None else max(0, int(budget_bytes))
+    if budget_bytes is not None:
+        warm_up_process(model, data, cfg, names)
+    window, opened = open_round()
+    try:
+        result = _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, method_state,
+                              round_idx, num_rounds, epoch_callback, window)
+    finally:
+        physical = close_round(window, opened, budget_bytes)
+    result.metrics.update(physical)
+    result.metrics["wall_seconds"] = time.perf_counter() - t_start
+    return result
+
+
+def _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, method_state, round_idx,
+                 num_rounds, epoch_callback, window) -> TrainResult:
+    """The body of ``train_local`` inside the round's RSS window (the same guarantees)."""
+    t_start = time.perf_counter()
     ctx = TrainContext(model, mask, graph, data, cfg, round_idx, num_rounds, budget_bytes)
     trainer = LocalTrainer(ctx, build_methods(names, method_cfgs), epoch_callback)
+    trainer.budget.window = window
     model.train()
     base = {"methods": "+".join(names) or "none", "budget_bytes": budget_bytes or 0,
             "params_dense": dense_params(graph), "neurons_dense": int(mask.num_total())}
