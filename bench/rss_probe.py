@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="none")
     p.add_argument("--samples", type=int, default=2700)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
     p.add_argument("--raw", action="store_true", help="no allocator setting, no resident model (old trainer path)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
 
         start_client_process()
     import torch
+
+    torch.set_num_threads(a.threads)
 
     from fedprune.data import load_dataset
     from fedprune.memory import process
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         from fedprune.train.local import warm_up_process
 
         t_warm = time.perf_counter()
-        warm_up_process(model, data, cfg, parse_methods(a.methods))
+        warm_up_process(model, mask, graph, data, cfg, parse_methods(a.methods), None, budget)
         warm_seconds = time.perf_counter() - t_warm
     window = process.PeakWindow().start()
     res = train_local(model, mask, graph, data, cfg, a.methods, None, budget)
@@ -76,6 +79,7 @@ def main(argv=None) -> int:
            "trainer_rss_peak_bytes": int(m.get("rss_peak_bytes", 0)),
            "trainer_physical_violation": int(m.get("physical_violation", 0)),
            "resident_fixed_bytes": int(m.get("resident_fixed_bytes", 0)),
+           "resident_retained_bytes": int(m.get("resident_retained_bytes", 0)),
            "resident_slope": float(m.get("resident_slope", 0.0)), "warm_up_seconds": warm_seconds,
            "seconds": time.perf_counter() - t0}
     print(json.dumps(out))

@@ -7,9 +7,10 @@ copy of the model with its own optimizer:
    batch, not measured: the one-time costs of training (code pages, the allocator's arenas, thread
    pools, and oneDNN's kernel caches filled to their cap, see ``process.configure_kernel_caches``)
    become resident and are part of every later round's baseline, so the training budget need not
-   hold them. A later shape replaces a cached kernel rather than adding one. One memory estimate
-   makes the estimator's own one-time costs resident too.
-2. ``WARM_STEPS`` steps at batch ``b0`` and at ``b1 = SLOPE_BATCH_FACTOR * b0`` inside an RSS
+   hold them. A later shape replaces a cached kernel rather than adding one. The memory estimates
+   that choose ``b1`` make the estimator's own one-time costs resident too.
+2. ``WARM_STEPS`` steps at batch ``b0`` and at a larger ``b1`` (at least ``SLOPE_BATCH_FACTOR * b0``
+   and large enough that the predicted tensor peaks differ by ``SLOPE_SPAN_BYTES``) inside an RSS
    window each (``PeakWindow``), with the last step of each under ``PeakMemoryTracker``: the RSS
    growth ``g`` and the live tensor peak ``t`` of a warm step at two sizes.
 
@@ -36,6 +37,11 @@ from fedprune.memory.tracker import PeakMemoryTracker
 WARM_UP_MIN_BATCH = 8
 #: the slope batch is this many times the first measured batch
 SLOPE_BATCH_FACTOR = 4
+#: tensor bytes the two measured batches should differ by: below a few MB the RSS difference is
+#: page and heap granularity, not a slope
+SLOPE_SPAN_BYTES = 8 << 20
+#: largest warm-up batch
+WARM_UP_MAX_BATCH = 1024
 #: steps per measured warm-up phase (the first of a phase can differ: new shapes, optimizer state)
 WARM_STEPS = 2
 #: distinct batch sizes of the unmeasured phase (each shape compiles and caches its own kernels)
@@ -59,12 +65,13 @@ def _measure(model: nn.Module, opt: torch.optim.Optimizer, step: Step, x: torch.
         window.stop()
 
 
-def _first_estimate(model: nn.Module, optimizer: OptimizerSpec, shape: tuple, batch: int, step: Step) -> None:
-    """One memory estimate: the estimator's one-time costs (its code, tracing) join the baseline."""
-    try:
-        estimate_training_memory(model, batch, shape, optimizer, step_fn=step)
-    except TypeError:  # a step the estimator cannot key on (unhashable): trace the plain step
-        estimate_training_memory(model, batch, shape, optimizer)
+def _slope_batch(model: nn.Module, optimizer: OptimizerSpec, shape: tuple, b0: int, n: int) -> int:
+    """``b1``: the predicted tensor peaks at ``b0`` and ``b1`` differ by ``SLOPE_SPAN_BYTES`` where the
+    data allows. Its estimates also make the estimator's one-time costs (code, tracing) resident."""
+    per_sample = (estimate_training_memory(model, 2 * b0, shape, optimizer).total_bytes
+                  - estimate_training_memory(model, b0, shape, optimizer).total_bytes) / b0
+    want = b0 + int(SLOPE_SPAN_BYTES / max(1.0, per_sample))
+    return max(b0, min(n, WARM_UP_MAX_BATCH, max(b0 * SLOPE_BATCH_FACTOR, want)))
 
 
 def _fill_batches(b0: int, b1: int) -> list[int]:
@@ -86,15 +93,14 @@ def warm_up(key: str, model: nn.Module, optimizer: OptimizerSpec, x: torch.Tenso
         return False
     n = len(x)
     b0 = max(1, min(max(int(min_batch), WARM_UP_MIN_BATCH), n // SLOPE_BATCH_FACTOR or 1))
-    b1 = min(n, b0 * SLOPE_BATCH_FACTOR)
     RESIDENT.warming = True
     try:
         with torch.random.fork_rng(devices=[]):
             copy = clean_copy(model, trainable=lambda _n, p: p.requires_grad)
+            b1 = _slope_batch(copy, optimizer, tuple(x.shape[1:]), b0, n)
             opt = optimizer.build(copy.parameters(), 1e-3)
             for b in _fill_batches(b0, b1):  # one-time costs: resident from now on, in the baseline
                 step(copy, opt, x[:b], y[:b])
-            _first_estimate(copy, optimizer, tuple(x.shape[1:]), b0, step)
             g0, t0 = _measure(copy, opt, step, x[:b0], y[:b0])
             g1, t1 = _measure(copy, opt, step, x[:b1], y[:b1])
         RESIDENT.fixed_bytes = max(RESIDENT.fixed_bytes, g0 - t0)

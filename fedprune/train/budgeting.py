@@ -170,6 +170,19 @@ class BatchBudget:
         else:
             self.set_batch(ctx.batch_size)
 
+    def guard_held(self) -> None:
+        """Before a step: refit to a smaller batch when the RSS the round holds now over its baseline,
+        plus the step's predicted new tensors at the resident slope, would pass the budget (only
+        where the resident model is on; one read of /proc per step)."""
+        ctx = self.ctx
+        if not RESIDENT.enabled or ctx.budget_bytes is None or self.window is None:
+            return
+        transient = max(0, self.predicted - self.live_bytes())
+        if held_bytes(self.window) + RESIDENT.fixed_bytes + RESIDENT.slope * transient > ctx.budget_bytes:
+            b = self.fit_batch()
+            if b < ctx.batch_size:
+                self.set_batch(max(b, ctx.cfg.min_batch))
+
     # -- measurement and OOM ----------------------------------------------------------------
     def should_measure(self, batch: int, steps: int) -> bool:
         """Whether the next step (of ``batch`` samples, after ``steps`` steps) is measured."""

@@ -8,13 +8,15 @@ No Flower import here: the Flower client app wraps this function.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from fedprune.memory.resident import close_round, open_round
+from fedprune.memory import max_batch_size
+from fedprune.memory.resident import RESIDENT, close_round, open_round
 from fedprune.memory.warmup import warm_up
 from fedprune.methods import build_methods, parse_methods
 from fedprune.methods.flops import dense_bprop_flops, layer_costs
@@ -63,11 +65,46 @@ def _train(trainer: LocalTrainer) -> tuple[float, float]:
             p.requires_grad_(True)
 
 
-def warm_up_process(model: nn.Module, data: ClientData, cfg: TrainConfig, names: list[str]) -> None:
-    """Measure this process's resident-memory figures for the model class and methods (once per
-    process; a no-op unless ``start_client_process`` ran). See :mod:`fedprune.memory.warmup`."""
+#: the rehearsal trains on this many batches (of the largest batch the budget could hold)
+REHEARSAL_BATCHES = 3
+
+
+def _largest_batch(model: nn.Module, data: ClientData, cfg: TrainConfig, budget_bytes: int) -> int:
+    """The largest batch whose predicted plain step fits ``budget_bytes`` (at least ``cfg.min_batch``)."""
+    hi = max(cfg.min_batch, min(cfg.max_batch, len(data.train_x)))
+    b = max_batch_size(model, int(budget_bytes), tuple(data.train_x.shape[1:]), cfg.optimizer,
+                       min_batch=min(cfg.min_batch, hi), max_batch=hi, step_fn=ReferenceStep())
+    return max(int(cfg.min_batch), int(b or 0))
+
+
+def warm_up_process(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfig, names: list[str],
+                    method_cfgs: Mapping[str, Any] | None = None, budget_bytes: int | None = None) -> bool:
+    """Measure this process's resident-memory figures for the model class and methods, once per
+    process; a no-op (False) unless ``start_client_process`` ran.
+
+    Two parts: the plain steps of :func:`fedprune.memory.warmup.warm_up` (allocator slope, one-time
+    costs), then, with a budget, a rehearsal: one ``train_local`` round under that budget on a copy
+    of the model and a few batches of the data. The rehearsal runs the trainer's own code (batch
+    fit, memory measurements, the methods' passes), so its one-time costs join the baseline and the
+    host memory it holds beyond the prediction is learned (``RESIDENT.fixed_bytes`` and
+    ``retained_bytes``) before a real round starts. Model, mask, data and the global RNG are untouched.
+    """
     key = f"{type(model).__name__}|{'+'.join(names)}|{tuple(data.train_x.shape[1:])}"
-    warm_up(key, model, cfg.optimizer, data.train_x, data.train_y, ReferenceStep(), cfg.min_batch)
+    if not warm_up(key, model, cfg.optimizer, data.train_x, data.train_y, ReferenceStep(), cfg.min_batch):
+        return False
+    if budget_bytes is not None:
+        n = min(len(data.train_x), REHEARSAL_BATCHES * _largest_batch(model, data, cfg, budget_bytes))
+        val_x, val_y = (data.val_x, data.val_y) if data.val_x is not None and len(data.val_x) else (None, None)
+        part = ClientData(data.train_x[:n], data.train_y[:n], None if val_x is None else val_x[:n],
+                          None if val_y is None else val_y[:n])
+        RESIDENT.warming = True
+        try:
+            with torch.random.fork_rng(devices=[]):
+                train_local(copy.deepcopy(model), copy.deepcopy(mask), graph, part, cfg, names, method_cfgs,
+                            budget_bytes)
+        finally:
+            RESIDENT.warming = False
+    return True
 
 
 def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfig, methods: list[str] | str,
@@ -94,8 +131,8 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     if not 0 <= round_idx < num_rounds:
         raise ValueError(f"round_idx={round_idx} must be in [0, num_rounds={num_rounds})")
     budget_bytes = None if budget_bytes is None else max(0, int(budget_bytes))
-    if budget_bytes is not None:
-        warm_up_process(model, data, cfg, names)
+    if budget_bytes is not None and not RESIDENT.warming:
+        warm_up_process(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes)
     window, opened = open_round()
     try:
         result = _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, method_state,
