@@ -25,6 +25,7 @@ BUDGETS_MB = (10, 20, 40, 80, 200)
 #: the issue's table (model, training budget MB, methods), re-measured on 2,700 samples
 TABLE = (("resnet8", 10, "none"), ("resnet8", 20, "none"), ("resnet8", 80, "none"), ("lenet5", 12, "neq+dynhp"))
 TABLE_SAMPLES = 2700
+MAX_BATCH = 1024  # rss_probe.py's max_batch
 
 
 def run_point(model: str, budget_mb: float, methods: str, samples: int, timeout: float) -> dict:
@@ -45,18 +46,31 @@ def run_point(model: str, budget_mb: float, methods: str, samples: int, timeout:
     return row
 
 
+def budget_bound(row: dict) -> bool:
+    """Whether the budget chose the batch: not held at the data set's size or at max_batch."""
+    train = int(0.9 * row.get("samples", 0))
+    return 0 < row.get("batch_max", 0) < min(MAX_BATCH, train)
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Worst physical peak / budget and mean utilization over the points that trained."""
+    """Worst physical peak / budget over the points that trained, and mean utilization over those
+    where the budget chose the batch (elsewhere the data or max_batch capped it below the budget)."""
     trained = [r for r in rows if "physical_ratio" in r]
     if not trained:
         return {"points": len(rows), "trained": 0}
     worst = max(trained, key=lambda r: r["physical_ratio"])
-    return {"points": len(rows), "trained": len(trained),
+    bound = [r for r in trained if budget_bound(r)]
+    return {"points": len(rows), "trained": len(trained), "budget_bound": len(bound),
             "worst_ratio": worst["physical_ratio"],
             "worst_point": {k: worst[k] for k in ("model", "budget_mb", "methods")},
-            "mean_utilization": sum(r["physical_ratio"] for r in trained) / len(trained),
+            "mean_utilization": sum(r["physical_ratio"] for r in bound) / len(bound) if bound else None,
+            "mean_utilization_all_trained": sum(r["physical_ratio"] for r in trained) / len(trained),
+            "over_budget": sum(1 for r in trained if r["physical_ratio"] > 1.0),
             "does_not_fit": sum(1 for r in rows if r.get("does_not_fit")),
-            "errors": sum(1 for r in rows if "error" in r)}
+            "errors": sum(1 for r in rows if "error" in r),
+            "targets_met": {"worst_ratio_le_1": worst["physical_ratio"] <= 1.0,
+                            "mean_utilization_ge_85pct": bool(bound) and
+                            sum(r["physical_ratio"] for r in bound) / len(bound) >= 0.85}}
 
 
 def main(argv=None) -> int:
@@ -70,7 +84,13 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default=None)
     p.add_argument("--no-table", action="store_true", help="skip re-measuring the issue's table")
+    p.add_argument("--resummarize", metavar="JSON", help="only recompute the summary of an existing result")
     a = p.parse_args(argv)
+    if a.resummarize:
+        d = json.loads(Path(a.resummarize).read_text())
+        d["summary"] = summarize(d["points"])
+        write_result("rss", d, a.resummarize)
+        return 0
     table = [] if a.no_table else [run_point(m, b, meth, TABLE_SAMPLES, a.timeout) for m, b, meth in TABLE]
     rows = []
     for model in a.models.split(","):

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
            "tensor_peak_bytes": int(m.get("measured_peak_bytes", 0)),
            "batch_max": m.get("batch_max", 0), "batch_final": m.get("batch_final", 0),
            "does_not_fit": int(m.get("does_not_fit", 0)),
-           "trainer_rss_peak_bytes": int(m.get("rss_peak_bytes", 0)),
+           "trainer_rss_peak_bytes": int(m.get("physical_peak_bytes", 0)),
            "trainer_physical_violation": int(m.get("physical_violation", 0)),
            "resident_fixed_bytes": int(m.get("resident_fixed_bytes", 0)),
            "resident_retained_bytes": int(m.get("resident_retained_bytes", 0)),

@@ -9,7 +9,8 @@ line.
 * ``cgroup_limit_bytes()``: the smallest memory limit on the path from the process's cgroup up to
   the root (a parent's limit binds its children too); ``None`` when nothing limits it.
 * ``cgroup_headroom_bytes()``: that limit minus what the cgroup holds that cannot be reclaimed
-  (usage without inactive page cache); ``None`` when unlimited.
+  (``memory_charge``: anonymous plus mapped file pages; page cache does not count); ``None`` when
+  unlimited.
 * ``MemoryCgroup.create(name, limit_bytes)``: a child of the current memory cgroup with a hard limit
   (swap included, where the kernel accounts it); processes are moved in with ``add``/``add_tree`` or
   start in it through ``preexec``. ``peak_bytes``, ``oom_kills``, ``remove``.
@@ -129,13 +130,33 @@ def cgroup_limit_bytes(pid: int | str = "self") -> int | None:
     return min(limits) if limits else None
 
 
-def _unreclaimable_usage(version: int, d: Path) -> int | None:
-    usage = _read_int(d / ("memory.current" if version == 2 else "memory.usage_in_bytes"))
-    if usage is None:
-        return None
+def memory_charge(version: int, d: Path) -> dict[str, int]:
+    """What the cgroup at ``d`` is charged, split by what can be reclaimed (bytes).
+
+    ``usage``: everything charged (v1 counts page cache, e.g. torch's libraries read from disk);
+    ``anon``: anonymous memory (heap, tensors), never reclaimable without swap; ``mapped_file``:
+    file pages mapped by a process (code in use: reclaimable, but faulted back at once);
+    ``unreclaimable``: ``anon + mapped_file`` -- what a process really needs resident, the rest
+    being page cache the kernel drops before it kills anything.
+    """
+    usage = _read_int(d / ("memory.current" if version == 2 else "memory.usage_in_bytes")) or 0
     stat = _keyed(d / "memory.stat")
-    inactive = stat.get("inactive_file", stat.get("total_inactive_file", 0))
-    return max(0, usage - inactive)
+    if version == 2:
+        anon, mapped = stat.get("anon"), stat.get("file_mapped", 0)
+    else:
+        anon, mapped = stat.get("total_rss", stat.get("rss")), stat.get("total_mapped_file", stat.get("mapped_file", 0))
+    if anon is None:  # no breakdown: all but the inactive page cache
+        inactive = stat.get("inactive_file", stat.get("total_inactive_file", 0))
+        return {"usage": usage, "anon": max(0, usage - inactive), "mapped_file": 0,
+                "unreclaimable": max(0, usage - inactive)}
+    return {"usage": usage, "anon": int(anon), "mapped_file": int(mapped),
+            "unreclaimable": min(usage, int(anon) + int(mapped)) if usage else int(anon) + int(mapped)}
+
+
+def _unreclaimable_usage(version: int, d: Path) -> int | None:
+    if _read_int(d / ("memory.current" if version == 2 else "memory.usage_in_bytes")) is None:
+        return None
+    return memory_charge(version, d)["unreclaimable"]
 
 
 def cgroup_headroom_bytes(pid: int | str = "self") -> int | None:
@@ -264,6 +285,10 @@ class MemoryCgroup:
         """Highest memory charged since creation (v2 ``memory.peak``, v1 ``max_usage_in_bytes``)."""
         name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
         return _read_int(self.path / name) or 0
+
+    def charge(self) -> dict[str, int]:
+        """``memory_charge`` of this cgroup now."""
+        return memory_charge(self.version, self.path)
 
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer has killed in this cgroup."""

@@ -112,14 +112,14 @@ def open_round() -> tuple[PeakWindow, bool]:
 def close_round(window: PeakWindow, opened: bool, budget_bytes: int | None) -> dict:
     """The round's physical metrics; closes the window when this caller opened it.
 
-    ``rss_peak_bytes``: physical peak of the round (growth over ``rss_baseline_bytes``);
-    ``rss_hwm_bytes``: the whole process's high-water mark; ``physical_violation``: 1 when the
+    ``physical_peak_bytes``: physical peak of the round (growth over ``physical_baseline_bytes``);
+    ``physical_hwm_bytes``: the whole process's high-water mark; ``physical_violation``: 1 when the
     physical peak exceeds the budget; ``physical_utilization``: physical peak / budget.
     """
     peak = window.peak_bytes()
     growth = max(0, peak - window.start_bytes)
-    out = {"rss_baseline_bytes": int(window.start_bytes), "rss_hwm_bytes": int(peak),
-           "rss_peak_bytes": int(growth), "rss_peak_method": window.method,
+    out = {"physical_baseline_bytes": int(window.start_bytes), "physical_hwm_bytes": int(peak),
+           "physical_peak_bytes": int(growth), "physical_peak_method": window.method,
            "physical_violation": int(bool(budget_bytes) and growth > int(budget_bytes)),
            "physical_utilization": float(growth / budget_bytes) if budget_bytes else 0.0,
            **RESIDENT.describe()}

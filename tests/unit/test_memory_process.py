@@ -63,4 +63,4 @@ def test_round_metrics_flag_a_physical_violation():
     blob[::4096] = b"1" * len(range(0, 32 * MIB, 4096))
     out = close_round(w, opened, 8 * MIB)
     del blob
-    assert opened and out["rss_peak_bytes"] >= 30 * MIB and out["physical_violation"] == 1
+    assert opened and out["physical_peak_bytes"] >= 30 * MIB and out["physical_violation"] == 1
