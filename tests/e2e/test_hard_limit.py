@@ -43,8 +43,8 @@ budget-mb = {budget}
 [fleet]
 devices = "pi3b:1, pi4-2gb:1"
 methods = "pi3b=dynhp; pi4-2gb=none"
-min-clients = 1
-clients-per-round = 2
+num-clients = 2
+min-clients = 2
 """
 
 
