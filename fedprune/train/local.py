@@ -100,10 +100,12 @@ def warm_up_process(model: nn.Module, mask, graph, data: ClientData, cfg: TrainC
         RESIDENT.warming = True
         try:
             with torch.random.fork_rng(devices=[]):
-                train_local(copy.deepcopy(model), copy.deepcopy(mask), graph, part, cfg, names, method_cfgs,
-                            budget_bytes)
+                res = train_local(copy.deepcopy(model), copy.deepcopy(mask), graph, part, cfg, names, method_cfgs,
+                                  budget_bytes)
         finally:
             RESIDENT.warming = False
+        if res.metrics.get("does_not_fit"):  # nothing trained, nothing learned: warm up again next time
+            RESIDENT.warmed.discard(key)
     return True
 
 
