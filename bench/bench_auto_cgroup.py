@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-mb", type=float, default=1024.0)
     p.add_argument("--methods", default="dynhp")
     p.add_argument("--samples", type=int, default=2000, help="training samples (max-samples-per-client)")
-    p.add_argument("--reserve-mb", type=float, default=64.0)
+    p.add_argument("--reserve-mb", type=float, default=256.0, help="auto reserve (the final export and evaluation need it)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"results folder {out} is not empty; pass another --out")
     start_client_process()  # this process is the device: its resident memory is what the budget bounds
     summary = run_centralized_experiment(cfg, out, epochs=args.epochs)
+    if summary.get("does_not_fit"):
+        print(f"fedprune: {cfg.model.name} does not fit its training budget of "
+              f"{summary['budget_bytes'] / 2**20:.1f} MB here ({summary['reason']})", file=sys.stderr)
+        return 1
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "final_params", "compression")
                       if k in summary}))
     print(f"fedprune: results in {out}")

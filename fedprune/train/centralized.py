@@ -128,6 +128,8 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG_FILE, dumps_toml(to_dict(cfg)))
     t0 = time.perf_counter()
+    # the data set is resident before an ``auto`` budget is measured: it is part of the baseline
+    load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
     spec = cfg.memory.schedule_spec()
     budget = (int(make_budget_schedule(spec, seed=cfg.run.seed, client_id=0).budget_bytes(1))
               if spec else None)
@@ -138,10 +140,16 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
                                   val_fraction=cfg.data.val_fraction,
                                   max_train_samples=cfg.data.max_samples_per_client)
     write_metrics(out, [{"round": h["epoch"], **h} for h in result["history"]])  # one row per epoch
+    if result["does_not_fit"]:  # nothing trained: no model to export
+        summary = {"name": cfg.run.name, "mode": "centralized", "model": cfg.model.name, "does_not_fit": 1,
+                   "budget_bytes": int(budget or 0), "reason": res.metrics.get("does_not_fit_reason", "does not fit")}
+        write_json(out / "summary.json", summary)
+        return summary
     info = dataset_info(cfg.data.dataset)
     arch = ModelArch(cfg.model.name, info.channels, info.num_classes, info.image_size)
-    final, _, _ = export_final_model(res.model.eval(), arch, out, base_mask=res.mask)
     _, test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
+    load_dataset.cache_clear()  # the training set is not needed any more: its memory goes to the export
+    final, _, _ = export_final_model(res.model.eval(), arch, out, base_mask=res.mask)
     loss, acc = evaluate(final, test.x, test.y)
     final_params = count_params(final)
     summary = {
