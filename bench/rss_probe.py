@@ -65,7 +65,8 @@ def main(argv=None) -> int:
         t_warm = time.perf_counter()
         warm_up_process(model, mask, graph, data, cfg, parse_methods(a.methods), None, budget)
         warm_seconds = time.perf_counter() - t_warm
-    window = process.PeakWindow().start()
+    window = process.PeakWindow().start()  # baseline without the model, as the trainer's round
+    window.start_bytes -= sum(t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()])
     res = train_local(model, mask, graph, data, cfg, a.methods, None, budget)
     growth = window.growth_bytes()
     window.stop()

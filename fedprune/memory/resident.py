@@ -2,9 +2,9 @@
 
 Definitions (bytes):
 
-* **runtime baseline** -- the process's RSS when a round starts (interpreter, torch, Flower, the
-  client's data and the received model, plus the one-time costs a warm-up made resident: code pages
-  and kernel workspaces touched by the first training step).
+* **runtime baseline** -- the process's RSS when a round starts minus the received model's bytes
+  (interpreter, torch, Flower, the client's data, plus the one-time costs a warm-up made resident:
+  code pages, kernel caches, thread pools). The model counts in the budget, as in the tensor view.
 * **physical peak of a round** -- the RSS high-water mark during the round minus that baseline
   (``PeakWindow``: the kernel's ``VmHWM``, reset per round). A round violates its budget physically
   when this exceeds the training budget.
@@ -58,7 +58,8 @@ class ResidentModel:
         room = int(budget_bytes) - self.fixed_bytes - self.retained_bytes - int(held_bytes)
         if room <= 0:
             return 0
-        return int(room / max(1.0, self.slope, float(calibration))) + int(live_bytes)
+        physical = int(room / max(1.0, self.slope, float(calibration))) + int(live_bytes)
+        return min(physical, int(int(budget_bytes) / max(1.0, float(calibration))))  # tensors fit too
 
     def observe(self, physical_bytes: int, transient_bytes: int, held_bytes: int) -> None:
         """Learn from one measured step: its RSS growth over the round's baseline against
@@ -101,11 +102,16 @@ def start_client_process() -> dict:
     return RESIDENT.allocator
 
 
-def open_round() -> tuple[PeakWindow, bool]:
-    """The round's RSS window: the open one, or a new one (then the second value is True)."""
+def open_round(model_bytes: int = 0) -> tuple[PeakWindow, bool]:
+    """The round's RSS window: the open one, or a new one (then the second value is True).
+
+    A new window's baseline is the RSS now minus ``model_bytes`` (the received model's parameters
+    and buffers): the model is part of what the training budget holds, as in the tensor accounting.
+    """
     if RESIDENT.window is not None:
         return RESIDENT.window, False
     RESIDENT.window = PeakWindow().start()
+    RESIDENT.window.start_bytes = max(0, RESIDENT.window.start_bytes - int(model_bytes))
     return RESIDENT.window, True
 
 

@@ -51,9 +51,9 @@ def _epoch_recorder(history: list, test, eval_test: bool, t0: float, log: Callab
                "wall_seconds": time.perf_counter() - t0}
         if ctx.frozen_fraction:
             row["frozen_fraction"] = {k: round(v, 4) for k, v in ctx.frozen_fraction.items()}
-        row["val_loss"], row["val_accuracy"] = evaluate(ctx.model, ctx.val_x, ctx.val_y)
-        if eval_test:
-            row["test_loss"], row["test_accuracy"] = evaluate(ctx.model, test.x, test.y)
+        row["val_loss"], row["val_accuracy"] = evaluate(ctx.model, ctx.val_x, ctx.val_y, ctx.eval_batch)
+        if eval_test:  # in chunks the budget holds: this pass runs inside the round
+            row["test_loss"], row["test_accuracy"] = evaluate(ctx.model, test.x, test.y, ctx.eval_batch)
         history.append(row)
         if log is not None:
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -65,6 +65,13 @@ def _train(trainer: LocalTrainer) -> tuple[float, float]:
             p.requires_grad_(True)
 
 
+def _model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each storage once)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*model.parameters(), *model.buffers()]}
+    return int(sum(storages.values()))
+
+
 #: the rehearsal trains on this many batches (of the largest batch the budget could hold)
 REHEARSAL_BATCHES = 3
 
@@ -135,7 +142,7 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     budget_bytes = None if budget_bytes is None else max(0, int(budget_bytes))
     if budget_bytes is not None and not RESIDENT.warming:
         warm_up_process(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes)
-    window, opened = open_round()
+    window, opened = open_round(_model_bytes(model))
     try:
         result = _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, method_state,
                               round_idx, num_rounds, epoch_callback, window)
