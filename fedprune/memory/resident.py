@@ -22,8 +22,9 @@ State is per process (``RESIDENT``), which is what the kernel counts.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import psutil
 
@@ -100,6 +101,17 @@ def start_client_process() -> dict:
     if not RESIDENT.allocator:
         RESIDENT.allocator = configure_allocator() or {"applied": 0}
     return RESIDENT.allocator
+
+
+@contextmanager
+def client_process() -> Iterator[dict]:
+    """``start_client_process()`` for the duration of a ``with`` block (a command run in-process,
+    e.g. from tests): the resident model is switched back to what it was afterwards."""
+    was = RESIDENT.enabled
+    try:
+        yield start_client_process()
+    finally:
+        RESIDENT.enabled = was
 
 
 def open_round(model_bytes: int = 0) -> tuple[PeakWindow, bool]:
