@@ -107,16 +107,22 @@ def main(argv=None) -> int:
     except CgroupUnavailable as e:
         print(f"bench_auto_cgroup: {e}", file=sys.stderr)
         return 2
-    rows = []
-    for model in a.models.split(","):
+    rows: list[dict] = []
+    models = a.models.split(",")
+    for model in models:
         rows.append(run_model(model, a.limit_mb, a.methods, a.samples, a.reserve_mb, a.timeout))
         print(json.dumps(rows[-1]), flush=True)
-    summary = {"models": len(rows), "trained": sum(r["trained"] for r in rows),
-               "killed": sum(r["killed"] for r in rows),
-               "said_does_not_fit": sum(r["said_does_not_fit"] for r in rows),
-               "ok": all(not r["killed"] and (r["trained"] or r["said_does_not_fit"]) for r in rows)}
-    write_result("auto_cgroup", {"grid": vars(a), "summary": summary, "runs": rows}, a.out)
+        write_result("auto_cgroup", {"grid": vars(a), "summary": summarize(rows),
+                                     "complete": len(rows) == len(models), "runs": rows}, a.out)
     return 0
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Counts of the outcomes; ``ok`` when no model was killed and each trained or said it cannot fit."""
+    return {"models": len(rows), "trained": sum(r["trained"] for r in rows),
+            "killed": sum(r["killed"] for r in rows),
+            "said_does_not_fit": sum(r["said_does_not_fit"] for r in rows),
+            "ok": all(not r["killed"] and (r["trained"] or r["said_does_not_fit"]) for r in rows)}
 
 
 if __name__ == "__main__":
