@@ -146,9 +146,27 @@ def _scale(d: dict) -> list[Row]:
             ("scale: seconds per round", _fmt(d.get("seconds_per_round"), "{:.1f}"), "-", "n/a")]
 
 
+def _rss(d: dict) -> list[Row]:
+    s = d.get("summary", {})
+    t = s.get("targets_met", {})
+    return [("physical budget: worst RSS peak / training budget (zoo x 10-200 MB x none/dynhp)",
+             f"{_fmt(s.get('worst_ratio'), '{:.3f}')} over {s.get('trained')} points", "<= 1.00",
+             _met(t.get("worst_ratio_le_1"))),
+            ("physical budget: mean utilization (points where the budget chose the batch)",
+             _pct(s.get("mean_utilization")), ">= 85%", _met(t.get("mean_utilization_ge_85pct")))]
+
+
+def _auto_cgroup(d: dict) -> list[Row]:
+    s, g = d.get("summary", {}), d.get("grid", {})
+    return [(f"auto budget in a {_fmt(g.get('limit_mb'), '{:g}')} MB cgroup: models trained / said does-not-fit / killed",
+             f"{s.get('trained')} / {s.get('said_does_not_fit')} / {s.get('killed')} of {s.get('models')}",
+             "none killed", _met(s.get("ok")))]
+
+
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "overhead": _overhead, "pipeline": _pipeline, "memory_model": _memory_model, "adherence": _adherence,
-    "surgery": _surgery, "serene": _serene, "neq": _neq, "dynhp": _dynhp, "scale": _scale,
+    "surgery": _surgery, "serene": _serene, "neq": _neq, "dynhp": _dynhp, "scale": _scale, "rss": _rss,
+    "auto_cgroup": _auto_cgroup,
 }
 
 

@@ -352,10 +352,59 @@ def scale_section(d: dict, fig_dir: Path) -> str:
     return out
 
 
+def rss_section(d: dict, fig_dir: Path) -> str:
+    """Physical peak / budget per model, budget and methods; the issue's table re-measured."""
+    s = d.get("summary", {})
+    pts = [r for r in d.get("points", []) if "model" in r]
+    rows = [(r["model"], _fmt(r.get("budget_mb"), "{:g}"), r.get("methods"),
+             "error" if "error" in r else ("does not fit" if r.get("does_not_fit") else r.get("batch_max")),
+             _fmt((r.get("tensor_peak_bytes") or 0) / 2**20, "{:.1f}"),
+             _fmt((r.get("rss_growth_bytes") or 0) / 2**20, "{:.1f}"),
+             _fmt(r.get("physical_ratio"), "{:.3f}") if "physical_ratio" in r else "-") for r in pts]
+    out = (f"One fresh process per point ({_fmt(d.get('grid', {}).get('samples'), '{}')} samples, 1 epoch): "
+           "allocator and kernel caches set, warm-up, then one `train_local` round. Physical peak = "
+           "the kernel's RSS high-water mark over the round minus the RSS when it started. "
+           f"Worst ratio {_fmt(s.get('worst_ratio'), '{:.3f}')} ({s.get('worst_point')}); mean "
+           f"utilization {_fmt(s.get('mean_utilization'), '{:.3f}')} over the {s.get('budget_bound')} points "
+           f"where the budget chose the batch ({_fmt(s.get('mean_utilization_all_trained'), '{:.3f}')} over "
+           f"all {s.get('trained')} that trained).\n\n"
+           + md_table(["model", "budget MB", "methods", "batch", "tensor peak MiB", "physical peak MiB",
+                       "physical / budget"], rows))
+    table = [r for r in d.get("table", []) if "model" in r]
+    if table:
+        trows = [(r["model"], r.get("methods"), _fmt(r.get("budget_mb"), "{:g}"), r.get("batch_max"),
+                  _fmt((r.get("tensor_peak_bytes") or 0) / 2**20, "{:.1f}"),
+                  _fmt((r.get("rss_growth_bytes") or 0) / 2**20, "{:.1f}"),
+                  _fmt((r.get("rss_growth_bytes") or 0) / max(1, r.get("budget_bytes") or 1), "{:.2f}"))
+                 for r in table]
+        out += ("\n\nThe issue's table, re-measured (2,700 samples):\n\n"
+                + md_table(["model", "methods", "budget MB", "batch", "tensor peak MiB", "RSS growth MiB",
+                            "growth / budget"], trows))
+    return out
+
+
+def auto_cgroup_section(d: dict, fig_dir: Path) -> str:
+    """``fedprune train`` with an auto budget inside a memory cgroup, per model."""
+    g = d.get("grid", {})
+    rows = [(r["model"], "killed" if r.get("killed") else ("trained" if r.get("trained") else
+             ("does not fit" if r.get("said_does_not_fit") else f"exit {r.get('exit_code')}")),
+             _fmt((r.get("budget_bytes") or 0) / 2**20, "{:.0f}"), r.get("batch_max", "-"),
+             _fmt((r.get("cgroup_peak_bytes") or 0) / 2**20, "{:.0f}"),
+             _fmt((r.get("charge_at_end", {}).get("anon") or 0) / 2**20, "{:.0f}"),
+             _fmt((r.get("physical_peak_bytes") or 0) / 2**20, "{:.1f}"), _fmt(r.get("seconds"), "{:.0f}"))
+            for r in d.get("runs", [])]
+    return (f"`fedprune train`, `memory.budget = \"auto\"` (reserve {g.get('reserve_mb')} MB), methods "
+            f"{g.get('methods')}, {g.get('samples')} samples, in a {g.get('limit_mb')} MB memory cgroup. "
+            "cgroup peak counts page cache too (cgroup v1); anon is what the process could not give back.\n\n"
+            + md_table(["model", "outcome", "auto budget MiB", "batch", "cgroup peak MiB", "anon at end MiB",
+                        "training physical peak MiB", "seconds"], rows))
+
+
 SECTIONS: dict[str, Section] = {
     "overhead": overhead_section, "pipeline": pipeline_section, "memory_model": memory_model_section,
     "adherence": adherence_section, "surgery": surgery_section, "serene": serene_section,
-    "neq": neq_section, "dynhp": dynhp_section, "scale": scale_section,
+    "neq": neq_section, "dynhp": dynhp_section, "scale": scale_section, "rss": rss_section,
+    "auto_cgroup": auto_cgroup_section,
 }
 
 

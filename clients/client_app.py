@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 from fedprune.client_runtime import get_runtime
 from fedprune.config import config_from_flat
 from fedprune.failures import one_line_reason
+from fedprune.memory.resident import start_client_process
 from fedprune.node import parse_node_config, process_memory
 from flower_io.records import (ARRAYS, FAILURE, INFO, MASK, METRICS, NUM_EXAMPLES, from_array_record,
                                records_to_state, split_metrics, state_to_records, to_array_record)
@@ -57,6 +58,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(msg: Message, context: Context) -> Message:
+    start_client_process()  # this process is the device: its resident memory is what the budget bounds
     cfg = config_from_flat(context.run_config)
     node = parse_node_config(context.node_config)
     if node.data_dir:

@@ -151,7 +151,8 @@ def _to_pair(images: np.ndarray, labels: np.ndarray, mean, std) -> TensorPair:
         x = x.permute(0, 3, 1, 2).contiguous()
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    return TensorPair((x - m) / s, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    x.sub_(m).div_(s)  # in place: a copy of the whole set per operation would double the peak
+    return TensorPair(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
 
 
 def locate_dataset(name: str, data_dir: str | os.PathLike | None = None) -> str | None:

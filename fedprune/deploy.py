@@ -12,12 +12,20 @@ the integration test:
 ``flower-supernode`` per node config, and submits the app with ``flwr run APP --run-config FILE
 --stream`` through a private Flower home whose ``config.toml`` names the SuperLink. Every process
 gets its own process group and all of them are stopped when the deployment ends, whatever happens.
+
+Hard-limit mode (``memory_limits``, one entry per node, bytes or ``None``): a node's SuperNode starts
+inside a memory cgroup of its own (``fedprune.memory.cgroup.MemoryCgroup``, v1 or v2) whose limit is
+that many bytes, so the SuperNode and every ClientApp process it starts are killed by the kernel
+when they pass it, as on a real device with that much RAM. The cgroups are created before any
+process starts (``DeployError`` in one line where that is impossible) and removed at ``stop``,
+which also writes ``memory_cgroups.json`` (per node: limit, peak, OOM kills) into ``work_dir``.
 Like ``fedprune.launch`` this module drives Flower's command-line tools and never imports Flower.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -25,11 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from fedprune.memory.cgroup import CgroupUnavailable, MemoryCgroup
+from fedprune.memory.process import allocator_env
 from fedprune.launch import PROJECT_ROOT, LaunchError, stop_process, console_tool, wait_for_port, free_port, tool_env
 from fedprune.node import format_node_config
 from fedprune.process_tree import LAUNCH_ENV, end_launch, new_launch_token
 
 LOOPBACK = "127.0.0.1"
+MIB = 2**20
 
 
 class DeployError(LaunchError):
@@ -86,10 +97,12 @@ class LocalDeployment:
     app_dir: Path = PROJECT_ROOT
     startup_timeout: float = 60.0
     port: int = 0  # SuperLink HTTP port (0: a free one)
+    memory_limits: Sequence[int | None] = ()  # per node: its cgroup's limit in bytes (None: no cgroup)
     token: str = field(default_factory=lambda: new_launch_token("deploy"), init=False)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     ports: list[int] = field(default_factory=list, init=False)  # every port handed to a process
     _logs: list[Any] = field(default_factory=list, init=False, repr=False)
+    cgroups: dict[str, MemoryCgroup] = field(default_factory=dict, init=False)
 
     @property
     def superlink_address(self) -> str:
@@ -106,8 +119,12 @@ class LocalDeployment:
         home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        proc = subprocess.Popen(cmd, cwd=self.app_dir, env=_env(home, self.token), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        group = self.cgroups.get(name)
+        env = _env(home, self.token)
+        if name.startswith("supernode-"):  # the device's process settings (allocator, kernel caches)
+            env.update(allocator_env())
+        proc = subprocess.Popen(cmd, cwd=self.app_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=None if group is None else group.preexec())
         self.procs[name] = proc
         return proc
 
@@ -115,6 +132,7 @@ class LocalDeployment:
         """Start the SuperLink, wait for its port, then start every SuperNode."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self._create_cgroups()
             self.port = self.port or free_port()
             self.ports = [self.port, free_port(), free_port()]
             link = self._spawn("superlink", superlink_command(*self.ports),
@@ -130,6 +148,32 @@ class LocalDeployment:
             self.stop()
             raise
         return self
+
+    def _create_cgroups(self) -> None:
+        """One memory cgroup per node that has a limit (``DeployError`` in one line if impossible)."""
+        if self.memory_limits and len(self.memory_limits) != len(self.node_configs):
+            raise DeployError(f"{len(self.memory_limits)} memory limits for {len(self.node_configs)} nodes")
+        for i, limit in enumerate(self.memory_limits):
+            if limit is None:
+                continue
+            try:
+                self.cgroups[f"supernode-{i}"] = MemoryCgroup.create(f"fedprune-{self.token.rsplit('#', 1)[-1]}-node{i}", int(limit))
+            except (CgroupUnavailable, ValueError) as err:
+                raise DeployError(f"hard limit for node {i}: {err}") from None
+
+    def memory_report(self) -> dict[str, dict[str, Any]]:
+        """Per hard-limited node: its cgroup's limit, peak usage and OOM kills so far."""
+        return {name: {"cgroup": str(g.path), "version": g.version, "limit_bytes": g.limit_bytes,
+                       "peak_bytes": g.peak_bytes(), "oom_kills": g.oom_kills()}
+                for name, g in self.cgroups.items()}
+
+    def _remove_cgroups(self) -> None:
+        if not self.cgroups:
+            return
+        (self.work_dir / "memory_cgroups.json").write_text(json.dumps(self.memory_report(), indent=1))
+        for group in self.cgroups.values():
+            group.remove()
+        self.cgroups.clear()
 
     def check_alive(self) -> None:
         """``DeployError`` naming the first SuperLink/SuperNode process that has exited."""
@@ -189,6 +233,7 @@ class LocalDeployment:
         for name in sorted(self.procs, key=lambda n: n == "superlink"):
             stop_process(self.procs[name], grace=10.0)
         left = end_launch(self.token)  # what Flower started in sessions of its own
+        self._remove_cgroups()
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -212,6 +257,38 @@ def parse_node_args(nodes: Sequence[str] | None, count: int | None) -> list[str]
         return list(nodes)
     n = count or 2
     return [format_node_config({"partition-id": i, "num-partitions": n}) for i in range(n)]
+
+
+def node_partition(node_config: Mapping[str, Any] | str) -> int:
+    """The ``partition-id`` of a node config (mapping or ``--node-config`` string); ValueError if none."""
+    if not isinstance(node_config, str):
+        return int(node_config["partition-id"])
+    found = re.search(r"(?:^|\s)partition-id\s*=\s*(\d+)", node_config)
+    if found is None:
+        raise ValueError(f"node config {node_config!r}: no partition-id")
+    return int(found.group(1))
+
+
+def hard_limits(cfg: Any, node_configs: Sequence[Mapping[str, Any] | str], limit_mb: float | None = None) -> list[int]:
+    """Each node's memory limit in bytes: ``limit_mb`` for every node when given, else the RAM of the
+    node's device in the fleet profiles (``fleet.devices``). ValueError (one line) when neither says."""
+    from fedprune.fleet import client_devices, load_profiles
+
+    if limit_mb is not None:
+        if not limit_mb > 0:
+            raise ValueError(f"--hard-limit-mb={limit_mb}: expected MB > 0")
+        return [int(limit_mb * MIB) for _ in node_configs]
+    if not cfg.fleet.devices:
+        raise ValueError("--hard-limit takes each device's RAM from fleet.devices, which this config does not "
+                         "set; set it or pass --hard-limit-mb")
+    devices, profiles = client_devices(cfg), load_profiles(cfg.fleet.profiles_file)
+    limits = []
+    for conf in node_configs:
+        pid = node_partition(conf)
+        if not 0 <= pid < len(devices):
+            raise ValueError(f"node partition-id {pid}: the fleet has {len(devices)} clients")
+        limits.append(int(profiles[devices[pid]].ram_mb * MIB))
+    return limits
 
 
 def nodes_needed(cfg: Any) -> int:

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from fedprune.deploy import LocalDeployment, nodes_needed, parse_node_args
+from fedprune.deploy import LocalDeployment, hard_limits, nodes_needed, parse_node_args
 from fedprune.errors import UsageError
 from fedprune.progress import round_progress
 from fedprune.results import CONFIG_FILE, SUMMARY_FILE
@@ -33,6 +33,25 @@ def _fill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument("--startup-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="the SuperNodes must connect within this many seconds (default 120)")
+    p.add_argument("--hard-limit", action="store_true",
+                   help="each SuperNode's process tree in its own memory cgroup limited to its device's RAM "
+                        "(fleet profiles); the kernel kills what passes it")
+    p.add_argument("--hard-limit-mb", type=float, default=None, metavar="MB",
+                   help="with --hard-limit: this limit for every node instead of the device RAM")
+
+
+def _limits(args: argparse.Namespace, cfg: Any, nodes: list[str]) -> list[int]:
+    """The nodes' hard memory limits in bytes (empty without ``--hard-limit``)."""
+    if args.hard_limit_mb is not None and not args.hard_limit:
+        raise UsageError("--hard-limit-mb needs --hard-limit")
+    if not args.hard_limit:
+        return []
+    try:
+        limits = hard_limits(cfg, nodes, args.hard_limit_mb)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print("fedprune: hard memory limits (MB): " + ", ".join(f"{lim / 2**20:.0f}" for lim in limits), flush=True)
+    return limits
 
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:
@@ -44,6 +63,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
         raise UsageError(f"{len(nodes)} --node(s) given but {args.config} needs {nodes_needed(cfg)} "
                          f"(fleet.min-clients = {cfg.fleet.min_clients}, clients-per-round = "
                          f"{cfg.fleet.clients_per_round}); add --node options or lower min-clients")
+    limits = _limits(args, cfg, nodes)
     with RunLock(new_run_dir(cfg, args.out), LAUNCH_LOCK):
         cfg, run_dir = prepare_run_dir(cfg, args.out, None)
         args.run_dir = run_dir  # named by the interruption message
@@ -51,7 +71,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
               f"-> {run_dir}", flush=True)
         t0 = time.perf_counter()
         progress, poll = round_progress(run_dir, cfg.run.num_rounds)
-        with LocalDeployment(run_dir / "deployment", nodes) as dep, progress:
+        with LocalDeployment(run_dir / "deployment", nodes, memory_limits=limits) as dep, progress:
             dep.wait_for_nodes(nodes_needed(cfg), args.startup_timeout)
             code = dep.run(run_dir / CONFIG_FILE, timeout=args.timeout, on_poll=poll)
     if not (run_dir / SUMMARY_FILE).is_file():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from fedprune.train.centralized import run_centralized_experiment
 from fedprune.errors import UsageError
+from fedprune.memory.resident import client_process
 from fedprune.run_folder import read_config, validate_for_run
 
 
@@ -29,7 +31,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"results folder {out} is a file, not a folder; pass another --out")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"results folder {out} is not empty; pass another --out")
-    summary = run_centralized_experiment(cfg, out, epochs=args.epochs)
+    with client_process():  # this process is the device: its resident memory is what the budget bounds
+        summary = run_centralized_experiment(cfg, out, epochs=args.epochs)
+    if summary.get("does_not_fit"):
+        print(f"fedprune: {cfg.model.name} does not fit its training budget of "
+              f"{summary['budget_bytes'] / 2**20:.1f} MB here ({summary['reason']})", file=sys.stderr)
+        return 1
     print(json.dumps({k: summary[k] for k in ("final_accuracy", "final_params", "compression")
                       if k in summary}))
     print(f"fedprune: results in {out}")

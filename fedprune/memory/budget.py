@@ -8,8 +8,9 @@ Spec kinds (sizes in MiB = 2**20 bytes; rounds are Flower's 1-based ``server_rou
   -- ``X`` times a seeded random factor in ``[low, high]``; ``piecewise`` draws a fresh
   factor every ``period`` rounds, ``walk`` moves it by up to ``step`` (default 0.1) every
   ``period`` rounds, reflecting at the bounds
-* ``{"kind": "auto", "reserve_mb": R}`` -- ``psutil.virtual_memory().available`` minus R,
-  read at call time (real devices); optional ``cap_mb``
+* ``{"kind": "auto", "reserve_mb": R}`` -- the smaller of the memory cgroup's headroom and the
+  host's available memory, minus R, read at call time (real devices; ``resident.auto_budget``);
+  optional ``cap_mb``
 
 Instead of ``mb`` a spec may give ``fraction`` (same shapes: number or list) of a
 ``reference_bytes`` passed to ``make_budget_schedule`` -- e.g. a fleet with budgets at
@@ -30,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import psutil
+import psutil  # noqa: F401 - auto_budget reads psutil.virtual_memory (tests patch it through here)
+
+from fedprune.memory.resident import auto_budget
 
 MIB = 2**20
 KINDS = ("constant", "schedule", "trace", "auto")
@@ -252,6 +255,6 @@ def make_budget_schedule(spec: BudgetSpec | dict, seed: int, client_id: int | st
         reserve = _positive(spec, "reserve_mb", allow_zero=True) * MIB
         cap = _positive(spec, "cap_mb") * MIB if "cap_mb" in spec else math.inf
 
-        def fn(_r: int) -> float:
-            return min(cap, psutil.virtual_memory().available - reserve)
+        def fn(_r: int) -> float:  # min(cgroup headroom, available memory) - reserve, read now
+            return float(auto_budget(int(reserve), cap))
     return BudgetSchedule(kind, dict(spec), int(seed), client_id, fn, min_bytes)

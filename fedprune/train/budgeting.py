@@ -29,6 +29,7 @@ from torch import nn
 
 from fedprune.memory import (MemoryReport, PeakMemoryTracker, estimate_training_memory, max_batch_size,
                              run_with_oom_guard, scale_lr)
+from fedprune.memory.resident import RESIDENT, held_bytes, step_physical_bytes
 from fedprune.methods.base import StepMemory
 
 
@@ -71,6 +72,8 @@ class BatchBudget:
         self.counts: dict[str, int] = {"violations": 0, "max_violation_bytes": 0, "oom_events": 0,
                                        "measurements": 0, "last_measured_peak_bytes": 0}
         self.fresh_optimizer = True  # its state appears in the first step: measure the second
+        self.window = None  # the round's RSS window (fedprune.memory.resident.open_round)
+        self.fit_state = (0, 0)  # (RSS held over the round's baseline, live tensor bytes) at the last fit
 
     # -- what the methods add ---------------------------------------------------------------
     def kept_bytes(self) -> int:
@@ -81,6 +84,18 @@ class BatchBudget:
         """Host (numpy) state of the methods, which the tensor tracker cannot see."""
         return sum(int(m.extra_bytes(self.ctx)) for m in self.methods)
 
+    def live_bytes(self) -> int:
+        """Tensor bytes alive now that every step's peak includes: parameters, gradients, optimizer state."""
+        ctx, seen, total = self.ctx, set(), 0
+        tensors = [t for p in ctx.model.parameters() for t in (p, p.grad) if t is not None]
+        if ctx.optimizer is not None:
+            tensors += [v for st in ctx.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+        for t in tensors:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.untyped_storage().nbytes()
+        return total
+
     def reference_step(self) -> ReferenceStep:
         """The step the estimate traces for the current model and methods."""
         additions = (m.step_memory(self.ctx) for m in self.methods)
@@ -90,13 +105,16 @@ class BatchBudget:
     def fit_batch(self) -> int:
         """Largest batch that fits the budget (0 if none), or ``cfg.batch_size`` without one.
 
-        The budget is reduced by what the methods keep and divided by the calibration factor;
-        the batch is capped at the number of training samples.
+        The budget is reduced by what the methods keep and turned into a tensor budget by the
+        resident-memory model (``RESIDENT.tensor_budget``: fixed costs and allocator slope measured
+        in this process, or the calibration factor alone where that model is off); the batch is
+        capped at the number of training samples.
         """
         ctx, cfg = self.ctx, self.ctx.cfg
         if ctx.budget_bytes is None:
             return cfg.batch_size
-        budget = int((int(ctx.budget_bytes) - self.kept_bytes()) / self.calibration)
+        budget = RESIDENT.tensor_budget(int(ctx.budget_bytes) - self.kept_bytes(), self.calibration,
+                                        held_bytes(self.window), self.live_bytes())
         if budget <= 0:
             return 0
         n = max(1, len(ctx.train_x))  # a batch larger than the data set buys nothing
@@ -134,6 +152,7 @@ class BatchBudget:
         if batch != ctx.batch_size or not self.batches:
             ctx.need_measure = True
         ctx.batch_size = int(batch)
+        self.fit_state = (held_bytes(self.window), self.live_bytes())
         if not self.batches or self.batches[-1] != ctx.batch_size:
             self.batches.append(ctx.batch_size)
         self.report.record_batch(ctx.batch_size)
@@ -151,6 +170,19 @@ class BatchBudget:
         else:
             self.set_batch(ctx.batch_size)
 
+    def guard_held(self) -> None:
+        """Before a step: refit to a smaller batch when the RSS the round holds now over its baseline,
+        plus the step's predicted new tensors at the resident slope, would pass the budget (only
+        where the resident model is on; one read of /proc per step)."""
+        ctx = self.ctx
+        if not RESIDENT.enabled or ctx.budget_bytes is None or self.window is None:
+            return
+        transient = max(0, self.predicted - self.live_bytes())
+        if held_bytes(self.window) + RESIDENT.fixed_bytes + RESIDENT.slope * transient > ctx.budget_bytes:
+            b = self.fit_batch()
+            if b < ctx.batch_size:
+                self.set_batch(max(b, ctx.cfg.min_batch))
+
     # -- measurement and OOM ----------------------------------------------------------------
     def should_measure(self, batch: int, steps: int) -> bool:
         """Whether the next step (of ``batch`` samples, after ``steps`` steps) is measured."""
@@ -165,23 +197,37 @@ class BatchBudget:
         ctx = self.ctx
         tensors = [xb, yb, *(t for m in self.methods for t in m.kept_tensors())]
         tracker = PeakMemoryTracker(ctx.cfg.device, model=ctx.model, optimizer=ctx.optimizer, tensors=tensors)
+        live = self.live_bytes()
         with tracker:
-            res = step(xb, yb)
+            if self.window is None:
+                res, physical, held = step(xb, yb), 0, 0
+            else:
+                res, physical, held = step_physical_bytes(self.window, lambda: step(xb, yb))
         peak = int(tracker.peak_bytes) + self.host_bytes()  # host state the tracker cannot see
         self.counts["measurements"] += 1
         self.counts["last_measured_peak_bytes"] = peak
         self.report.record_measurement(peak, tracker.rss_bytes, batch_size=len(xb), step=steps)
         ctx.need_measure = False
-        if self.predicted and len(xb) == ctx.batch_size and peak > self.predicted:
-            self.calibration = max(self.calibration, peak / self.predicted)
+        if self.predicted and len(xb) == ctx.batch_size:
+            RESIDENT.observe(physical, self.predicted - live, held)
+            RESIDENT.observe_retained(held - self.fit_state[0], live - self.fit_state[1])
+            if peak > self.predicted:
+                self.calibration = max(self.calibration, peak / self.predicted)
         if ctx.budget_bytes is not None and peak > ctx.budget_bytes:
             self._violation(peak, len(xb))
+        elif RESIDENT.enabled and ctx.budget_bytes is not None and physical > ctx.budget_bytes:
+            self._shrink(physical, len(xb))  # over the budget as the kernel counts it
         return res
 
     def _violation(self, peak: int, batch: int) -> None:
         ctx = self.ctx
         self.counts["violations"] += 1
         self.counts["max_violation_bytes"] = max(self.counts["max_violation_bytes"], peak - int(ctx.budget_bytes))
+        self._shrink(peak, batch)
+
+    def _shrink(self, peak: int, batch: int) -> None:
+        """A smaller batch after a step that peaked at ``peak`` > budget with ``batch`` samples."""
+        ctx = self.ctx
         refit = self.fit_batch()
         shrunk = min(refit or ctx.cfg.min_batch, max(ctx.cfg.min_batch, int(batch * ctx.budget_bytes / peak)))
         if shrunk < ctx.batch_size:

@@ -51,9 +51,9 @@ def _epoch_recorder(history: list, test, eval_test: bool, t0: float, log: Callab
                "wall_seconds": time.perf_counter() - t0}
         if ctx.frozen_fraction:
             row["frozen_fraction"] = {k: round(v, 4) for k, v in ctx.frozen_fraction.items()}
-        row["val_loss"], row["val_accuracy"] = evaluate(ctx.model, ctx.val_x, ctx.val_y)
-        if eval_test:
-            row["test_loss"], row["test_accuracy"] = evaluate(ctx.model, test.x, test.y)
+        row["val_loss"], row["val_accuracy"] = evaluate(ctx.model, ctx.val_x, ctx.val_y, ctx.eval_batch)
+        if eval_test:  # in chunks the budget holds: this pass runs inside the round
+            row["test_loss"], row["test_accuracy"] = evaluate(ctx.model, test.x, test.y, ctx.eval_batch)
         history.append(row)
         if log is not None:
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -128,6 +128,8 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG_FILE, dumps_toml(to_dict(cfg)))
     t0 = time.perf_counter()
+    # the data set is resident before an ``auto`` budget is measured: it is part of the baseline
+    load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
     spec = cfg.memory.schedule_spec()
     budget = (int(make_budget_schedule(spec, seed=cfg.run.seed, client_id=0).budget_bytes(1))
               if spec else None)
@@ -138,10 +140,16 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
                                   val_fraction=cfg.data.val_fraction,
                                   max_train_samples=cfg.data.max_samples_per_client)
     write_metrics(out, [{"round": h["epoch"], **h} for h in result["history"]])  # one row per epoch
+    if result["does_not_fit"]:  # nothing trained: no model to export
+        summary = {"name": cfg.run.name, "mode": "centralized", "model": cfg.model.name, "does_not_fit": 1,
+                   "budget_bytes": int(budget or 0), "reason": res.metrics.get("does_not_fit_reason", "does not fit")}
+        write_json(out / "summary.json", summary)
+        return summary
     info = dataset_info(cfg.data.dataset)
     arch = ModelArch(cfg.model.name, info.channels, info.num_classes, info.image_size)
-    final, _, _ = export_final_model(res.model.eval(), arch, out, base_mask=res.mask)
     _, test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
+    load_dataset.cache_clear()  # the training set is not needed any more: its memory goes to the export
+    final, _, _ = export_final_model(res.model.eval(), arch, out, base_mask=res.mask)
     loss, acc = evaluate(final, test.x, test.y)
     final_params = count_params(final)
     summary = {

@@ -153,8 +153,12 @@ class TrainContext:
 
     @property
     def eval_batch(self) -> int:
-        """Chunk size for the methods' evaluation passes (the training batch under a budget)."""
-        return self.batch_size if self.budget_bytes is not None else max(self.batch_size, self.cfg.eval_batch)
+        """Chunk size for evaluation and the methods' scoring passes: under a budget half the training
+        batch (a gradient-based score keeps activations and their products with the gradients, more
+        than a step per sample), else at least ``cfg.eval_batch``."""
+        if self.budget_bytes is not None:
+            return max(1, self.batch_size // 2)
+        return max(self.batch_size, self.cfg.eval_batch)
 
     def val_loss(self, samples: int) -> float:
         """Validation loss on the first ``samples`` validation samples (eval mode, no grad)."""

@@ -8,17 +8,22 @@ No Flower import here: the Flower client app wraps this function.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from fedprune.memory import max_batch_size
+from fedprune.memory.resident import RESIDENT, close_round, open_round
+from fedprune.memory.warmup import warm_up
 from fedprune.methods import build_methods, parse_methods
 from fedprune.methods.flops import dense_bprop_flops, layer_costs
 from fedprune.methods.sites import build_sites
 from fedprune.train.context import ClientData, TrainConfig, TrainContext, TrainResult
 from fedprune.train.evaluation import evaluate
+from fedprune.train.budgeting import ReferenceStep
 from fedprune.train.loop import LocalTrainer
 from fedprune.train.round_plan import apply_round_plan
 from fedprune.train.metrics import build_metrics, dense_params
@@ -61,6 +66,57 @@ def _train(trainer: LocalTrainer) -> tuple[float, float]:
             p.requires_grad_(True)
 
 
+def _model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each storage once)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*model.parameters(), *model.buffers()]}
+    return int(sum(storages.values()))
+
+
+#: the rehearsal trains on this many batches (of the largest batch the budget could hold)
+REHEARSAL_BATCHES = 3
+
+
+def _largest_batch(model: nn.Module, data: ClientData, cfg: TrainConfig, budget_bytes: int) -> int:
+    """The largest batch whose predicted plain step fits ``budget_bytes`` (at least ``cfg.min_batch``)."""
+    hi = max(cfg.min_batch, min(cfg.max_batch, len(data.train_x)))
+    b = max_batch_size(model, int(budget_bytes), tuple(data.train_x.shape[1:]), cfg.optimizer,
+                       min_batch=min(cfg.min_batch, hi), max_batch=hi, step_fn=ReferenceStep())
+    return max(int(cfg.min_batch), int(b or 0))
+
+
+def warm_up_process(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfig, names: list[str],
+                    method_cfgs: Mapping[str, Any] | None = None, budget_bytes: int | None = None) -> bool:
+    """Measure this process's resident-memory figures for the model class and methods, once per
+    process; a no-op (False) unless ``start_client_process`` ran.
+
+    Two parts: the plain steps of :func:`fedprune.memory.warmup.warm_up` (allocator slope, one-time
+    costs), then, with a budget, a rehearsal: one ``train_local`` round under that budget on a copy
+    of the model and a few batches of the data. The rehearsal runs the trainer's own code (batch
+    fit, memory measurements, the methods' passes), so its one-time costs join the baseline and the
+    host memory it holds beyond the prediction is learned (``RESIDENT.fixed_bytes`` and
+    ``retained_bytes``) before a real round starts. Model, mask, data and the global RNG are untouched.
+    """
+    key = f"{type(model).__name__}|{'+'.join(names)}|{tuple(data.train_x.shape[1:])}"
+    if not warm_up(key, model, cfg.optimizer, data.train_x, data.train_y, ReferenceStep(), cfg.min_batch):
+        return False
+    if budget_bytes is not None:
+        n = min(len(data.train_x), REHEARSAL_BATCHES * _largest_batch(model, data, cfg, budget_bytes))
+        val_x, val_y = (data.val_x, data.val_y) if data.val_x is not None and len(data.val_x) else (None, None)
+        part = ClientData(data.train_x[:n], data.train_y[:n], None if val_x is None else val_x[:n],
+                          None if val_y is None else val_y[:n])
+        RESIDENT.warming = True
+        try:
+            with torch.random.fork_rng(devices=[]):
+                res = train_local(copy.deepcopy(model), copy.deepcopy(mask), graph, part, cfg, names, method_cfgs,
+                                  budget_bytes)
+        finally:
+            RESIDENT.warming = False
+        if res.metrics.get("does_not_fit"):  # nothing trained, nothing learned: warm up again next time
+            RESIDENT.warmed.discard(key)
+    return True
+
+
 def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfig, methods: list[str] | str,
                 method_cfgs: Mapping[str, Any] | None, budget_bytes: int | None,
                 method_state: Mapping[str, Any] | None = None, round_idx: int = 0, num_rounds: int = 1, *,
@@ -87,8 +143,26 @@ def train_local(model: nn.Module, mask, graph, data: ClientData, cfg: TrainConfi
     if not 0 <= round_idx < num_rounds:
         raise ValueError(f"round_idx={round_idx} must be in [0, num_rounds={num_rounds})")
     budget_bytes = None if budget_bytes is None else max(0, int(budget_bytes))
+    if budget_bytes is not None and not RESIDENT.warming:
+        warm_up_process(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes)
+    window, opened = open_round(_model_bytes(model))
+    try:
+        result = _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, method_state,
+                              round_idx, num_rounds, epoch_callback, window)
+    finally:
+        physical = close_round(window, opened, budget_bytes)
+    result.metrics.update(physical)
+    result.metrics["wall_seconds"] = time.perf_counter() - t_start
+    return result
+
+
+def _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes, method_state, round_idx,
+                 num_rounds, epoch_callback, window) -> TrainResult:
+    """The body of ``train_local`` inside the round's RSS window (the same guarantees)."""
+    t_start = time.perf_counter()
     ctx = TrainContext(model, mask, graph, data, cfg, round_idx, num_rounds, budget_bytes)
     trainer = LocalTrainer(ctx, build_methods(names, method_cfgs), epoch_callback)
+    trainer.budget.window = window
     model.train()
     base = {"methods": "+".join(names) or "none", "budget_bytes": budget_bytes or 0,
             "params_dense": dense_params(graph), "neurons_dense": int(mask.num_total())}

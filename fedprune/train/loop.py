@@ -157,6 +157,7 @@ class LocalTrainer:
         n, dev = len(perm), model_device(ctx.model)
         pos, loss_sum, correct, seen = 0, 0.0, 0, 0
         while pos < n:
+            budget.guard_held()
             b = min(ctx.batch_size, n - pos)
             if b < 2 and pos > 0:  # a trailing batch of one (BatchNorm cannot train on it)
                 break

@@ -1,0 +1,31 @@
+"""The budget is physical: in a fresh client process, the RSS a training round adds (the kernel's
+high-water mark over the round minus the RSS at its start) stays within the training budget --
+LeNet-5 with DynHP at 10 MB, the case where changing layer shapes used to grow RSS past it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _probe(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "rss_probe.py"), *args], capture_output=True,
+                          text=True, timeout=280, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+@pytest.mark.timeout(300)
+def test_dynhp_round_keeps_its_rss_growth_within_a_10_mb_budget():
+    row = _probe("--model", "lenet5", "--budget-mb", "10", "--methods", "dynhp", "--samples", "900")
+    assert not row["does_not_fit"] and row["batch_max"] > 8
+    assert row["peak_method"] == "clear_refs"
+    assert row["rss_growth_bytes"] <= row["budget_bytes"], row
+    assert row["trainer_physical_violation"] == 0, row
+    assert row["warm_up_seconds"] < 30  # a handful of steps, not training runs

@@ -1,0 +1,66 @@
+"""Resident memory of this process (fedprune.memory.process) and the resident model's bookkeeping."""
+
+import pytest
+
+from fedprune.memory import process
+from fedprune.memory.resident import ResidentModel, close_round, open_round
+
+MIB = 2**20
+
+
+def test_rss_and_high_water_mark_are_read():
+    assert process.rss_bytes() > MIB
+    assert process.peak_rss_bytes() >= process.rss_bytes() - MIB
+
+
+def test_window_sees_a_short_spike_after_it_is_freed():
+    w = process.PeakWindow().start()
+    blob = bytearray(64 * MIB)
+    blob[::4096] = b"1" * len(range(0, 64 * MIB, 4096))
+    del blob
+    assert w.growth_bytes() >= 60 * MIB
+    w.new_segment()
+    assert w.segment_peak_bytes() - w.start_bytes < 60 * MIB  # the segment starts after the spike
+    assert w.growth_bytes() >= 60 * MIB  # the window keeps it
+    w.stop()
+
+
+def test_allocator_settings_are_checked_and_exported():
+    with pytest.raises(ValueError, match="mmap_thresh"):
+        process.allocator_env({"mmap_thresh": 1})
+    with pytest.raises(ValueError, match="arena_max"):
+        process.configure_allocator({"arena_max": 0})
+    env = process.allocator_env({"mmap_threshold": 65536})
+    assert env == {"MALLOC_MMAP_THRESHOLD_": "65536", **process.KERNEL_CACHE_ENV}
+    assert process.env_allocator_setting(env) == {"mmap_threshold": 65536}
+    assert process.configure_allocator({"mmap_threshold": 65536}) == {"mmap_threshold": 65536}
+
+
+def test_resident_model_reserves_fixed_cost_and_slope_only_when_enabled():
+    m = ResidentModel(fixed_bytes=2 * MIB, slope=1.25)
+    assert m.tensor_budget(22 * MIB) == 22 * MIB  # library use: tensor bytes only
+    m.enabled = True
+    assert m.tensor_budget(22 * MIB) == 16 * MIB
+    # held RSS is taken off the room; live tensors (already held) are part of the tensor peak
+    assert m.tensor_budget(22 * MIB, held_bytes=5 * MIB, live_bytes=3 * MIB) == 15 * MIB
+    assert m.tensor_budget(22 * MIB, held_bytes=21 * MIB) == 0
+
+
+def test_resident_model_learns_what_a_step_and_the_round_hold_beyond_the_prediction():
+    m = ResidentModel(fixed_bytes=0, slope=1.0, enabled=True)
+    m.observe(12 * MIB, 4 * MIB, 6 * MIB)  # 2 MiB more than held + slope * new tensors
+    assert m.fixed_bytes == 2 * MIB
+    m.observe(8 * MIB, 4 * MIB, 4 * MIB)  # as predicted: nothing to learn
+    assert m.fixed_bytes == 2 * MIB
+    m.observe_retained(5 * MIB, 3 * MIB)  # 2 MiB held between steps beyond the new live tensors
+    assert m.retained_bytes == 2 * MIB
+    assert m.tensor_budget(20 * MIB) == 16 * MIB
+
+
+def test_round_metrics_flag_a_physical_violation():
+    w, opened = open_round()
+    blob = bytearray(32 * MIB)
+    blob[::4096] = b"1" * len(range(0, 32 * MIB, 4096))
+    out = close_round(w, opened, 8 * MIB)
+    del blob
+    assert opened and out["physical_peak_bytes"] >= 30 * MIB and out["physical_violation"] == 1
