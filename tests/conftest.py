@@ -31,3 +31,18 @@ def lenet():
 
     dense = build_model("lenet5", seed=0)
     return dense, NeuronGraph.from_model(dense, example_input())
+
+
+@pytest.fixture(autouse=True)
+def _resident_model_per_test():
+    """The resident-memory model is per process (a client process turns it on and learns its fixed
+    costs); an in-process test that runs the ClientApp must not hand that state to the next test."""
+    import copy
+
+    from fedprune.memory.resident import RESIDENT
+
+    saved = copy.deepcopy({k: v for k, v in vars(RESIDENT).items() if k != "window"})
+    window = RESIDENT.window
+    yield
+    vars(RESIDENT).update(saved)
+    RESIDENT.window = window
