@@ -22,6 +22,7 @@ State is per process (``RESIDENT``), which is what the kernel counts.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -87,6 +88,7 @@ class ResidentModel:
 
 
 RESIDENT = ResidentModel()
+PHYSICAL_BUDGET_ENV = "FEDPRUNE_PHYSICAL_BUDGET"
 
 
 def start_client_process() -> dict:
@@ -95,8 +97,11 @@ def start_client_process() -> dict:
 
     Returns the allocator settings glibc accepted. Without this call (library use, unit tests) the
     trainer fits batches to tensor bytes only; the physical figures are reported either way.
+    ``FEDPRUNE_PHYSICAL_BUDGET=0`` in the environment keeps tensor-only fitting in client processes
+    too: batch sizes then do not depend on measured resident memory, so two runs with one seed
+    train identically (the physical figures are still reported).
     """
-    RESIDENT.enabled = True
+    RESIDENT.enabled = os.environ.get(PHYSICAL_BUDGET_ENV, "1") != "0"
     configure_kernel_caches()
     if not RESIDENT.allocator:
         RESIDENT.allocator = configure_allocator() or {"applied": 0}

@@ -18,6 +18,13 @@ from fedprune.results import read_metrics
 
 
 
+
+@pytest.fixture(autouse=True)
+def _tensor_only_batch_fit(monkeypatch):
+    """Resuming must reproduce an uninterrupted run exactly, so batch sizes must not follow the
+    measured resident memory of the client processes (tensor accounting only; still reported)."""
+    monkeypatch.setenv("FEDPRUNE_PHYSICAL_BUDGET", "0")
+
 def simulate(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "fedprune.cli", "simulate", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)

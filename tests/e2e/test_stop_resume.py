@@ -22,6 +22,13 @@ from fedprune.results import read_metrics
 
 
 
+
+@pytest.fixture(autouse=True)
+def _tensor_only_batch_fit(monkeypatch):
+    """Resuming must reproduce an uninterrupted run exactly, so batch sizes must not follow the
+    measured resident memory of the client processes (tensor accounting only; still reported)."""
+    monkeypatch.setenv("FEDPRUNE_PHYSICAL_BUDGET", "0")
+
 def run_processes(run_dir: Path) -> list[str]:
     """Live processes whose environment marks them as launched for ``run_dir``."""
     needle = f"{LAUNCH_ENV}={run_dir}#".encode()
