@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 _UNLIMITED = 2**62  # v1 writes "no limit" as a page-rounded 2**63 - 1
 
@@ -112,21 +112,23 @@ def _limit_file(version: int) -> str:
     return "memory.max" if version == 2 else "memory.limit_in_bytes"
 
 
-def cgroup_limit_bytes(pid: int | str = "self") -> int | None:
-    """Smallest memory limit from ``pid``'s cgroup up to the root of its hierarchy; None: unlimited."""
+def _levels(pid: int | str) -> Iterator[tuple[int, Path]]:
+    """``(version, dir)`` for ``pid``'s memory cgroup and every level above it, up to the root."""
     found = memory_cgroup_dir(pid)
     if found is None:
-        return None
+        return
     version, d = found
     root = _mounts()["v1" if version == 1 else "v2"]
-    limits = []
     while True:
-        v = _read_int(d / _limit_file(version))
-        if v is not None:
-            limits.append(v)
+        yield version, d
         if d == root or root not in d.parents:
-            break
+            return
         d = d.parent
+
+
+def cgroup_limit_bytes(pid: int | str = "self") -> int | None:
+    """Smallest memory limit from ``pid``'s cgroup up to the root of its hierarchy; None: unlimited."""
+    limits = [v for version, d in _levels(pid) if (v := _read_int(d / _limit_file(version))) is not None]
     return min(limits) if limits else None
 
 
@@ -153,32 +155,18 @@ def memory_charge(version: int, d: Path) -> dict[str, int]:
             "unreclaimable": min(usage, int(anon) + int(mapped)) if usage else int(anon) + int(mapped)}
 
 
-def _unreclaimable_usage(version: int, d: Path) -> int | None:
-    if _read_int(d / ("memory.current" if version == 2 else "memory.usage_in_bytes")) is None:
-        return None
-    return memory_charge(version, d)["unreclaimable"]
-
-
 def cgroup_headroom_bytes(pid: int | str = "self") -> int | None:
     """Bytes the cgroup of ``pid`` may still grow by: its limit minus unreclaimable usage.
 
-    Taken as the smallest over the path to the root (each level with a limit); ``None`` when no
-    level has a limit.
+    Taken as the smallest over the path to the root (each level with a limit and a usage figure);
+    ``None`` when no level has a limit.
     """
-    found = memory_cgroup_dir(pid)
-    if found is None:
-        return None
-    version, d = found
-    root = _mounts()["v1" if version == 1 else "v2"]
     rooms = []
-    while True:
+    for version, d in _levels(pid):
         limit = _read_int(d / _limit_file(version))
-        used = _unreclaimable_usage(version, d) if limit is not None else None
-        if limit is not None and used is not None:
-            rooms.append(max(0, limit - used))
-        if d == root or root not in d.parents:
-            break
-        d = d.parent
+        if limit is None or _read_int(d / ("memory.current" if version == 2 else "memory.usage_in_bytes")) is None:
+            continue
+        rooms.append(max(0, limit - memory_charge(version, d)["unreclaimable"]))
     return min(rooms) if rooms else None
 
 
