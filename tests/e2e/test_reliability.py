@@ -16,14 +16,12 @@ from fedprune.faults import draw_fault
 from fedprune.results import read_metrics
 
 
-
-
-
 @pytest.fixture(autouse=True)
 def _tensor_only_batch_fit(monkeypatch):
     """Resuming must reproduce an uninterrupted run exactly, so batch sizes must not follow the
     measured resident memory of the client processes (tensor accounting only; still reported)."""
     monkeypatch.setenv("FEDPRUNE_PHYSICAL_BUDGET", "0")
+
 
 def simulate(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "fedprune.cli", "simulate", *args], cwd=ROOT,
@@ -71,7 +69,8 @@ def test_every_fault_kind_is_a_counted_failure_and_never_poisons(tmp_path):
                 assert str(c) in row["failures"], (kind, row["failures"])  # keyed by partition id
         for reason in row["failures"].values():  # one short line, no terminal colour codes
             assert "\n" not in reason and "\x1b" not in reason and len(reason) <= 200, reason
-        assert np.isfinite(row["accuracy"]) and row["accuracy"] > 0.3
+        # twice chance (10 classes): a model poisoned by a NaN or a foreign mask scores at chance
+        assert np.isfinite(row["accuracy"]) and row["accuracy"] > 0.2, row["accuracy"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["client_failures"] == sum(len(r["failures"]) for r in rows)
 
