@@ -32,15 +32,23 @@ PEAKS = (("rss_peak_mb", "rss_peak_bytes", "physical peak (process RSS)"),
          ("tensor_peak_mb", "measured_peak_bytes", "tensor peak (training tensors)"))
 
 
+#: Grid keys that make a variant of a method rather than a setting (``dynhp [mask-policy=quorum]``).
+VARIANT_PREFIXES = ("strategy.",)
+
+
 def method_name(rec: RunRecord) -> str:
-    """The run's method string normalised (``fedavg-drop`` -> ``fedavg_drop``; ``none`` stays)."""
+    """The run's method string normalised (``fedavg-drop`` -> ``fedavg_drop``; ``none`` stays), with
+    the run's ``strategy.*`` grid values in brackets when it has any."""
     from fedprune.methods import parse_methods
 
     label = method_label(rec)
     try:
-        return "+".join(parse_methods(label.replace(" (per-device)", ""))) or "none"
+        name = "+".join(parse_methods(label.replace(" (per-device)", ""))) or "none"
     except ValueError:
-        return label
+        name = label
+    variant = [f"{k.split('.')[-1]}={v}" for k, v in sorted(rec.overrides.items())
+               if k.startswith(VARIANT_PREFIXES)]
+    return f"{name} [{', '.join(variant)}]" if variant else name
 
 
 def is_baseline(method: str) -> bool:
@@ -110,7 +118,7 @@ def setting_of(rec: RunRecord, keys: Sequence[str]) -> str:
     parts = [f"budget {b:.4g} MB" if b is not None else "no budget"]
     parts += [f"{k.split('.')[-1]}={rec.overrides[k]}" for k in keys
               if k in rec.overrides and k not in ("run.seed", "methods.enabled")
-              and not k.startswith(("fleet.budget", "memory.budget"))]
+              and not k.startswith(("fleet.budget", "memory.budget") + VARIANT_PREFIXES)]
     return ", ".join(parts)
 
 

@@ -146,6 +146,20 @@ def test_folder_of_sweeps_is_one_comparison_with_grid_values(tmp_path):
     assert len(settings) == 4 and any("partitioner=dirichlet" in s for s in settings)
 
 
+def test_strategy_grid_key_is_a_method_variant_not_a_setting(tmp_path):
+    make_sweep(tmp_path)
+    manifest = tmp_path / "sweep.json"
+    data = json.loads(manifest.read_text())
+    for run in data["runs"]:
+        if run["overrides"]["methods.enabled"] == "dynhp":
+            run["overrides"]["strategy.mask-policy"] = "quorum"
+    manifest.write_text(json.dumps(data))
+    rows = comparison_rows(collect_runs(tmp_path)[1])
+    assert len({r["setting"] for r in rows}) == 2  # the two budgets, as without the key
+    assert {r["method"] for r in rows} == {"fedavg", "fedavg_drop", "heterofl", "dynhp [mask-policy=quorum]"}
+    assert next(r for r in rows if r["method"].startswith("dynhp"))["baseline"] is False
+
+
 def test_plateau_criterion():
     from fedprune.study.comparison import plateau_round
 
