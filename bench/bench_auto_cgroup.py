@@ -54,6 +54,8 @@ def _metrics(out: Path) -> dict:
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if (out / "summary.json").is_file():
+        rows.append(json.loads((out / "summary.json").read_text()))
     keys = ("budget_bytes", "batch_max", "does_not_fit", "physical_peak_bytes", "physical_violation",
             "physical_baseline_bytes", "violations")
     flat = {}

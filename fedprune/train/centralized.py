@@ -28,9 +28,12 @@ from fedprune.train.local import train_local
 from fedprune.train.metrics import nonzero_params, params
 
 
-def _split(dataset: str, data_dir: str | None, seed: int, val_fraction: float, max_train: int,
-           max_test: int, train, test):
-    """(train, validation, test) subsets: seeded cap of the training set, then a seeded split."""
+def split_data(dataset: str, data_dir: str | None, seed: int, val_fraction: float, max_train: int,
+               max_test: int, train=None, test=None):
+    """(train, validation, test) subsets: seeded cap of the training set, then a seeded split.
+
+    ``train``/``test`` are the full sets (loaded through the cache when either is None). The
+    subsets are copies: the full training set is not needed afterwards."""
     if train is None or test is None:
         train, test = load_dataset(dataset, data_dir)
     idx = np.arange(len(train))
@@ -64,15 +67,17 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
                     method_cfgs: Mapping[str, Any] | None = None, budget_bytes: int | None = None,
                     epochs: int | None = None, *, dataset: str = "fashion-mnist", data_dir: str | None = None,
                     val_fraction: float = 0.1, max_train_samples: int = 0, max_test_samples: int = 0,
-                    eval_test_every_epoch: bool = True, train=None, test=None,
+                    eval_test_every_epoch: bool = True, train=None, test=None, split=None,
                     log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], TrainResult]:
     """Train ``model_name`` centrally: one :func:`train_local` round over the whole training set.
 
     Splits the training set of ``dataset`` (capped at ``max_train_samples`` when > 0;
     ``val_fraction`` held out for validation, seeded by ``cfg.seed``), builds the model dense, trains
     ``epochs`` (default ``cfg.epochs``) epochs and evaluates on the test set (capped at
-    ``max_test_samples``). ``train``/``test`` are pre-loaded TensorPairs; ``log`` receives one line
-    per epoch. Returns a JSON-able dict (test loss/accuracy, neuron counts, parameter counts and
+    ``max_test_samples``). ``train``/``test`` are pre-loaded TensorPairs, ``split`` a ready
+    (train, validation, test) triple from :func:`split_data`; ``log`` receives one line per epoch.
+    ``budget_bytes`` may be a callable: it is then called once the data, the model and its graph are
+    resident, right before training (an ``auto`` budget measured then leaves them out). Returns a JSON-able dict (test loss/accuracy, neuron counts, parameter counts and
     compression, per-epoch ``history``, the trainer's ``metrics``) and the :class:`TrainResult`.
     """
     t0 = time.perf_counter()
@@ -81,13 +86,17 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
         cfg = TrainConfig(**{**cfg.__dict__, "epochs": int(epochs)})
     cfg.validate()
     info = dataset_info(dataset)
-    tr, va, test = _split(dataset, data_dir, cfg.seed, val_fraction, max_train_samples, max_test_samples,
-                          train, test)
+    tr, va, test = split or split_data(dataset, data_dir, cfg.seed, val_fraction, max_train_samples,
+                                       max_test_samples, train, test)
     dense = build_model(model_name, info.channels, info.num_classes, info.image_size, seed=cfg.seed)
     graph = NeuronGraph.from_model(dense, example_input(info.channels, info.image_size))
     mask = NeuronMask.full(graph)
+    model, params_dense, neurons_dense = graph.compact(dense, mask), params(dense), neurons_per_layer(graph)
+    del dense  # the compact copy is what trains
+    if callable(budget_bytes):
+        budget_bytes = budget_bytes()
     history: list[dict[str, Any]] = []
-    res = train_local(graph.compact(dense, mask), mask, graph, ClientData(tr.x, tr.y, va.x, va.y), cfg, names,
+    res = train_local(model, mask, graph, ClientData(tr.x, tr.y, va.x, va.y), cfg, names,
                       method_cfgs, budget_bytes, None, 0, 1,
                       epoch_callback=_epoch_recorder(history, test, eval_test_every_epoch, t0, log))
     if eval_test_every_epoch and len(history) == cfg.epochs:  # the last row scored this very model
@@ -99,12 +108,12 @@ def run_centralized(model_name: str, cfg: TrainConfig, methods: list[str] | str 
         "epochs": cfg.epochs, "budget_bytes": int(budget_bytes or 0),
         "train_samples": len(tr), "val_samples": len(va), "test_samples": len(test),
         "test_loss": float(test_loss), "test_accuracy": float(test_acc),
-        "neurons_dense": format_neurons(neurons_per_layer(graph)),
+        "neurons_dense": format_neurons(neurons_dense),
         "neurons": format_neurons(neurons_per_layer(graph, res.mask)),
-        "params_dense": params(dense), "params_alive": params(res.model),
+        "params_dense": params_dense, "params_alive": params(res.model),
         "nonzero_params": nonzero_params(res.model),
-        "compression": params(dense) / max(1, params(res.model)),
-        "nonzero_compression": params(dense) / max(1, nonzero_params(res.model)),
+        "compression": params_dense / max(1, params(res.model)),
+        "nonzero_compression": params_dense / max(1, nonzero_params(res.model)),
         "does_not_fit": int(res.metrics.get("does_not_fit", 0)),
         "history": history, "metrics": res.metrics, "wall_seconds": time.perf_counter() - t0,
         "train_config": {**{k: v for k, v in cfg.__dict__.items() if k != "optimizer"},
@@ -128,17 +137,22 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG_FILE, dumps_toml(to_dict(cfg)))
     t0 = time.perf_counter()
-    # the data set is resident before an ``auto`` budget is measured: it is part of the baseline
-    load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
+    full = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
+    split = split_data(cfg.data.dataset, None, cfg.run.seed, cfg.data.val_fraction,
+                       cfg.data.max_samples_per_client, 0, *full)
+    del full
+    load_dataset.cache_clear()  # the split holds copies: the full training set is released
+    test = split[2]
     spec = cfg.memory.schedule_spec()
-    budget = (int(make_budget_schedule(spec, seed=cfg.run.seed, client_id=0).budget_bytes(1))
+    # measured once the data, the model and its graph are resident (``auto``: they are the baseline)
+    budget = ((lambda: int(make_budget_schedule(spec, seed=cfg.run.seed, client_id=0).budget_bytes(1)))
               if spec else None)
     n_epochs = epochs if epochs is not None else cfg.run.num_rounds * cfg.train.local_epochs
     result, res = run_centralized(cfg.model.name, TrainConfig.from_section(cfg.train, cfg.run.seed),
                                   cfg.methods.names, cfg.methods.method_configs(), budget, n_epochs,
-                                  dataset=cfg.data.dataset, data_dir=cfg.data.data_dir or None,
-                                  val_fraction=cfg.data.val_fraction,
-                                  max_train_samples=cfg.data.max_samples_per_client)
+                                  dataset=cfg.data.dataset, split=split)
+    del split
+    budget = result["budget_bytes"] or None
     write_metrics(out, [{"round": h["epoch"], **h} for h in result["history"]])  # one row per epoch
     if result["does_not_fit"]:  # nothing trained: no model to export
         summary = {"name": cfg.run.name, "mode": "centralized", "model": cfg.model.name, "does_not_fit": 1,
@@ -147,10 +161,9 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
         return summary
     info = dataset_info(cfg.data.dataset)
     arch = ModelArch(cfg.model.name, info.channels, info.num_classes, info.image_size)
-    _, test = load_dataset(cfg.data.dataset, cfg.data.data_dir or None, cfg.data.download)
-    load_dataset.cache_clear()  # the training set is not needed any more: its memory goes to the export
     final, _, _ = export_final_model(res.model.eval(), arch, out, base_mask=res.mask)
-    loss, acc = evaluate(final, test.x, test.y)
+    # in chunks of the last training batch: an inference pass at a batch that trained within budget
+    loss, acc = evaluate(final, test.x, test.y, int(res.metrics.get("batch_final") or 512))
     final_params = count_params(final)
     summary = {
         "name": cfg.run.name, "mode": "centralized", "model": cfg.model.name, "dataset": cfg.data.dataset,
@@ -163,6 +176,7 @@ def run_centralized_experiment(cfg: ExperimentConfig, out_dir: str | Path,
         "train_samples": result["train_samples"], "budget_violations": int(result["metrics"].get("violations", 0)),
         "does_not_fit": result["does_not_fit"], "wall_seconds": time.perf_counter() - t0,
         "torch": torch.__version__,
+        **{k: v for k, v in result["metrics"].items() if k.startswith(("physical_", "batch_"))},
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -43,6 +43,29 @@ def test_writes_a_results_folder_like_a_federated_run(run_dir):
     assert summary["mode"] == "centralized" and summary["train_samples"] == 540
     assert summary["final_params"] < summary["dense_params"]  # DynHP removed neurons
     assert summary["budget_bytes"] == 8 * 2**20 and summary["budget_violations"] == 0
+    # the kernel's figure for the training, beside the budget it is judged against
+    assert summary["physical_peak_method"] in ("clear_refs", "sampled")
+    assert summary["physical_violation"] == int(summary["physical_peak_bytes"] > summary["budget_bytes"])
+    assert summary["batch_min"] >= 8
+
+
+def test_auto_budget_is_measured_once_model_and_data_are_resident(monkeypatch):
+    """A callable budget is resolved after the split data, the model and its graph exist."""
+    import fedprune.train.centralized as central
+    from fedprune.train import TrainConfig
+
+    seen = []
+    real_compact = central.NeuronGraph.compact
+
+    def compact(self, model, mask):
+        seen.append("model built")
+        return real_compact(self, model, mask)
+
+    monkeypatch.setattr(central.NeuronGraph, "compact", compact)
+    budget = lambda: seen.append("budget measured") or 8 * 2**20  # noqa: E731
+    out, _ = central.run_centralized("lenet5", TrainConfig(epochs=1, batch_size=32), "none", None, budget,
+                                     max_train_samples=200, max_test_samples=100, eval_test_every_epoch=False)
+    assert seen[:2] == ["model built", "budget measured"] and out["budget_bytes"] == 8 * 2**20
 
 
 def test_summary_accuracy_is_the_exported_models(run_dir):
