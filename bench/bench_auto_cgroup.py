@@ -103,7 +103,10 @@ def main(argv=None) -> int:
     p.add_argument("--reserve-mb", type=float, default=256.0, help="auto reserve (the final export and evaluation need it)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="lenet300 only, 300 samples")
     a = p.parse_args(argv)
+    if a.quick:
+        a.models, a.samples = "lenet300", 300
     try:
         MemoryCgroup.create(f"fp-probe-{uuid.uuid4().hex[:8]}", 64 * MIB).remove()
     except CgroupUnavailable as e:

@@ -7,6 +7,10 @@ ratio and mean utilization over the points that trained.
 
     python bench/bench_rss.py                      # full grid
     python bench/bench_rss.py --models resnet8 --budgets 10,40 --methods none --samples 1500
+    python bench/bench_rss.py --merge bench/results/rss.json --models vgg --samples 900 --no-table
+
+``--merge`` keeps the points (and the table) of an earlier result and measures only the points it
+lacks, so a grid can be completed over several sittings.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def run_point(model: str, budget_mb: float, methods: str, samples: int, timeout:
     if not row["does_not_fit"]:
         row["physical_ratio"] = row["rss_growth_bytes"] / row["budget_bytes"]
     return row
+
+
+def point_key(row: dict) -> tuple:
+    """(model, budget MB, methods, samples): what identifies a grid point."""
+    return row["model"], float(row["budget_mb"]), row["methods"], int(row.get("samples", 0))
 
 
 def budget_bound(row: dict) -> bool:
@@ -85,17 +94,26 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--no-table", action="store_true", help="skip re-measuring the issue's table")
     p.add_argument("--resummarize", metavar="JSON", help="only recompute the summary of an existing result")
+    p.add_argument("--quick", action="store_true", help="one point: lenet300, 20 MB, none, 300 samples, no table")
+    p.add_argument("--merge", metavar="JSON", help="keep an earlier result's points; measure only the missing ones")
     a = p.parse_args(argv)
+    if a.quick:
+        a.models, a.budgets, a.methods, a.samples, a.no_table = "lenet300", "20", "none", 300, True
     if a.resummarize:
         d = json.loads(Path(a.resummarize).read_text())
         d["summary"] = summarize(d["points"])
         write_result("rss", d, a.resummarize)
         return 0
-    table = [] if a.no_table else [run_point(m, b, meth, TABLE_SAMPLES, a.timeout) for m, b, meth in TABLE]
-    rows = []
+    earlier = json.loads(Path(a.merge).read_text()) if a.merge else {}
+    rows = [r for r in earlier.get("points", []) if "error" not in r]
+    done = {point_key(r) for r in rows}
+    table = earlier.get("table", []) if a.no_table else [run_point(m, b, meth, TABLE_SAMPLES, a.timeout)
+                                                         for m, b, meth in TABLE]
     for model in a.models.split(","):
         for budget in (float(b) for b in a.budgets.split(",")):
             for methods in a.methods.split(","):
+                if (model, budget, methods, a.samples) in done:
+                    continue
                 rows.append(run_point(model, budget, methods, a.samples, a.timeout))
                 print(json.dumps(rows[-1]), flush=True)
                 write_result("rss", {"grid": vars(a), "summary": summarize(rows), "points": rows,

@@ -15,7 +15,7 @@ from support import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 SCRIPTS = ["bench_memory_model", "bench_surgery", "bench_adherence", "bench_serene", "bench_neq",
-           "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale"]
+           "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale", "bench_rss", "bench_auto_cgroup"]
 
 
 @pytest.mark.slow
@@ -30,6 +30,17 @@ def test_quick_mode_writes_json(name, tmp_path):
     from sections import SECTIONS
 
     SECTIONS[name.removeprefix("bench_")](data, tmp_path / "figures")  # the quick JSON renders too
+
+
+@pytest.mark.slow
+def test_rss_merge_measures_only_missing_points(tmp_path):
+    out = tmp_path / "rss.json"
+    run = [sys.executable, str(ROOT / "bench" / "bench_rss.py"), "--quick", "--out", str(out)]
+    assert subprocess.run(run, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+    first = json.loads(out.read_text())["points"]
+    proc = subprocess.run(run + ["--merge", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.count('"model"') == 0  # nothing measured again
+    assert json.loads(out.read_text())["points"] == first
 
 
 def test_bench_report_renders_every_known_result(tmp_path):
