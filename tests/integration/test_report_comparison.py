@@ -186,3 +186,18 @@ def test_unconstrained_fedavg_run_at_one_budget_serves_every_budget(tmp_path):
     assert len(kept) == len(records) - 2
     text = conclusion_markdown(comparison_rows(kept))
     assert text.count("points below unconstrained FedAvg") == 2  # both budgets
+
+
+def test_readme_block_is_the_generated_conclusion_and_figure(tmp_path):
+    from fedprune.cli import main
+
+    make_sweep(tmp_path / "sweep")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- study:start -->\nold\n<!-- study:end -->\nrest\n")
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "docs"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    conclusion = (tmp_path / "docs" / "conclusion.md").read_text().strip()
+    assert conclusion in text and "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "(docs/accuracy_vs_peak_memory.png)" in text
+    readme.write_text("no markers\n")
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "docs"), "--readme", str(readme)]) == 2
