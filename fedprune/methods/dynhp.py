@@ -119,10 +119,13 @@ def taylor_scores(ctx, samples: int) -> dict[str, np.ndarray]:
 
 
 def peaks_at_batch(ctx) -> tuple[int, int]:
-    """Estimated step peaks ``(dense model, current model)`` at the current batch (plain SGD step)."""
+    """Estimated step peaks ``(dense model, current model)`` at the current batch (plain SGD step).
+
+    The dense model is built on the ``meta`` device: the estimate needs its shapes only, and a
+    client inside its budget has no room for a dense copy."""
     from fedprune.memory import estimate_training_memory
 
-    dense = ctx.graph.build_compact(ctx.graph.full_mask())
+    dense = ctx.graph.build_compact(ctx.graph.full_mask(), device="meta")
     b, shape, opt = int(ctx.batch_size), ctx.input_shape, ctx.cfg.optimizer
     return (int(estimate_training_memory(dense, b, shape, opt).total_bytes),
             int(estimate_training_memory(ctx.model, b, shape, opt).total_bytes))

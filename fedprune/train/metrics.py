@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from fedprune.surgery import count_params
@@ -24,8 +25,9 @@ def dense_params(graph) -> int:
 
 
 def nonzero_params(model: nn.Module) -> int:
-    """Parameter scalars that are not exactly zero."""
-    return int(sum(int((p.detach() != 0).sum()) for p in model.parameters()))
+    """Parameter scalars that are not exactly zero. ``torch.count_nonzero`` allocates nothing of the
+    parameter's size (``(p != 0).sum()`` peaks at ~30 bytes per element: megabytes in a round)."""
+    return int(sum(int(torch.count_nonzero(p.detach())) for p in model.parameters()))
 
 
 def params(model: nn.Module) -> int:

@@ -64,3 +64,18 @@ def test_round_metrics_flag_a_physical_violation():
     out = close_round(w, opened, 8 * MIB)
     del blob
     assert opened and out["physical_peak_bytes"] >= 30 * MIB and out["physical_violation"] == 1
+
+
+def test_counting_nonzero_parameters_needs_no_memory_of_the_model_size():
+    """Round metrics run inside the client's budget: counting must not allocate per element."""
+    import torch
+
+    from fedprune.train.metrics import nonzero_params
+
+    model = torch.nn.Linear(2000, 1000)  # 2 M parameters, 8 MB
+    with torch.no_grad():
+        model.weight[:, ::2] = 0
+    w = process.PeakWindow().start()
+    assert nonzero_params(model) == 1000 * 1000 + 1000
+    assert w.growth_bytes() < MIB  # ``(p != 0).sum()`` peaked at ~30 bytes per element
+    w.stop()
