@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedprune.memory.process import trim_heap
 from fedprune.methods.flops import bprop_flops, dense_bprop_flops, layer_costs
 from fedprune.methods.sites import build_sites
 from fedprune.train.budgeting import BatchBudget
@@ -61,7 +62,8 @@ class LocalTrainer:
             m.attach(ctx)
 
     def apply_mask(self, new_mask) -> None:
-        """Physically remove ``ctx.mask & ~new_mask``, rebuild optimizer/sites, recompute the batch."""
+        """Physically remove ``ctx.mask & ~new_mask``, rebuild optimizer/sites, return the freed heap
+        to the kernel, recompute the batch."""
         ctx = self.ctx
         if new_mask is None:
             return
@@ -76,6 +78,7 @@ class LocalTrainer:
         self.build_optimizer()
         self.stats["structural_changes"] += 1
         self.bind()
+        trim_heap()  # the old model's and optimizer's freed blocks go back to the kernel before the refit
         self.budget.refit()
 
     def example(self) -> torch.Tensor:
