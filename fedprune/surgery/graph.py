@@ -215,6 +215,19 @@ class NeuronGraph:
         warn_inexact(inexact)
         return work
 
+    def reindex(self, compact_tensors: Mapping[str, torch.Tensor], old_mask: NeuronMask,
+                new_mask: NeuronMask) -> dict[str, torch.Tensor]:
+        """Tensors shaped like a compact model for ``old_mask`` (e.g. its optimizer state), indexed
+        down to ``new_mask`` (a subset): exactly the rows and columns of the surviving neurons, no
+        folding, and nothing dense-sized is allocated. Keys are state-dict keys."""
+        self._check_mask(old_mask, "old_mask")
+        self._check_mask(new_mask, "new_mask")
+        if not new_mask.issubset(old_mask):
+            raise MaskError("new_mask revives neurons that old_mask had pruned; it must be a subset of old_mask")
+        cur, tgt = self._plan.alive(old_mask), self._plan.alive(new_mask)
+        kept = {k: np.flatnonzero(tgt[k][cur[k]]) for k in cur}
+        return {key: self._plan.index_tensor(key, t.detach(), kept) for key, t in compact_tensors.items()}
+
     def zero_pruned(self, model: nn.Module, mask: NeuronMask, *,
                     current: NeuronMask | None = None) -> nn.Module:
         """A copy of ``model`` whose pruned neurons have zero incoming weights (bias/BN kept).

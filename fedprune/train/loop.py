@@ -72,6 +72,8 @@ class LocalTrainer:
             return
         for m in self.methods:
             m.detach(ctx)
+        for p in ctx.model.parameters():  # the last step's gradients are spent: not held through the surgery
+            p.grad = None
         ctx.model = ctx.graph.prune(ctx.model, ctx.mask, new_mask)
         ctx.mask = new_mask
         ctx.model.train()

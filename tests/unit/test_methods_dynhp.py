@@ -157,3 +157,25 @@ def test_lr_scaling_default_is_the_measured_winner():
     if d.get("quick") or "lr_rule_winner" not in d:
         pytest.skip("no full lr-rule measurement in bench/results/dynhp.json")
     assert TrainSection.lr_scaling == d["lr_rule_winner"]
+
+
+def test_reindex_equals_the_dense_round_trip_and_refuses_revival(lenet):
+    from fedprune.surgery import MaskError
+
+    dense, graph = lenet
+    full = NeuronMask.full(graph)
+    arrays = full.to_arrays()
+    arrays["conv1"][[1, 4]] = False
+    arrays["fc1"][::3] = False
+    old = NeuronMask.from_arrays(graph, arrays)
+    arrays["conv2"][[2, 7]] = False
+    arrays["fc1"][10:60] = False
+    new = NeuronMask.from_arrays(graph, arrays)
+    compact = graph.compact_state_dict(dense.state_dict(), old)
+    via_dense = graph.compact_state_dict(graph.expand(compact, old), new)
+    direct = graph.reindex(compact, old, new)
+    assert direct.keys() == compact.keys()
+    for k, t in direct.items():
+        assert torch.equal(t, via_dense[k]), k
+    with pytest.raises(MaskError):
+        graph.reindex(graph.compact_state_dict(dense.state_dict(), new), new, old)
