@@ -163,10 +163,17 @@ def _auto_cgroup(d: dict) -> list[Row]:
              "none killed", _met(s.get("ok")))]
 
 
+def _client_rounds(d: dict) -> list[Row]:
+    s = d.get("summary", {})
+    return [("tight client (Pi Zero 2 W, 5.4 MB): worst physical peak / budget, all rounds / after round 1",
+             f"{_fmt(s.get('worst_ratio'), '{:.2f}')} / {_fmt(s.get('worst_ratio_after_round_1'), '{:.2f}')}",
+             "<= 1.00", _met(s.get("worst_ratio") is not None and s["worst_ratio"] <= 1.0))]
+
+
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "overhead": _overhead, "pipeline": _pipeline, "memory_model": _memory_model, "adherence": _adherence,
     "surgery": _surgery, "serene": _serene, "neq": _neq, "dynhp": _dynhp, "scale": _scale, "rss": _rss,
-    "auto_cgroup": _auto_cgroup,
+    "auto_cgroup": _auto_cgroup, "client_rounds": _client_rounds,
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPTS = ["bench_memory_model", "bench_surgery", "bench_adherence", "bench_serene", "bench_neq",
-           "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale", "bench_rss", "bench_auto_cgroup"]
+           "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale", "bench_rss", "bench_auto_cgroup", "bench_client_rounds"]
 
 
 def main(argv: list[str]) -> int:

@@ -400,11 +400,25 @@ def auto_cgroup_section(d: dict, fig_dir: Path) -> str:
                         "training physical peak MiB", "seconds"], rows))
 
 
+def client_rounds_section(d: dict, fig_dir: Path) -> str:
+    """A tight client's rounds: physical peak over the round's baseline against the budget."""
+    g = d.get("grid", {})
+    rows = [(seed, r["round"], _fmt((r.get("budget_bytes") or 0) / 2**20, "{:.2f}"),
+             _fmt((r.get("measured_peak_bytes") or 0) / 2**20, "{:.2f}"),
+             _fmt((r.get("physical_peak_bytes") or 0) / 2**20, "{:.2f}"), _fmt(r.get("physical_ratio"), "{:.2f}"),
+             r.get("batch_sizes", ""), r.get("neurons_pruned_to_fit", 0))
+            for seed, rs in d.get("runs", {}).items() for r in rs]
+    return (f"The study's Pi Zero 2 W client (partition {g.get('partition')}, LeNet-5 + DynHP, "
+            f"{g.get('samples')} samples), {g.get('rounds')} rounds per seed in one client process.\n\n"
+            + md_table(["seed", "round", "budget MiB", "tensor peak MiB", "physical peak MiB", "physical / budget",
+                        "batches", "pruned to fit"], rows))
+
+
 SECTIONS: dict[str, Section] = {
     "overhead": overhead_section, "pipeline": pipeline_section, "memory_model": memory_model_section,
     "adherence": adherence_section, "surgery": surgery_section, "serene": serene_section,
     "neq": neq_section, "dynhp": dynhp_section, "scale": scale_section, "rss": rss_section,
-    "auto_cgroup": auto_cgroup_section,
+    "auto_cgroup": auto_cgroup_section, "client_rounds": client_rounds_section,
 }
 
 

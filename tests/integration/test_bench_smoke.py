@@ -15,7 +15,7 @@ from support import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 SCRIPTS = ["bench_memory_model", "bench_surgery", "bench_adherence", "bench_serene", "bench_neq",
-           "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale", "bench_rss", "bench_auto_cgroup"]
+           "bench_dynhp", "bench_overhead", "bench_pipeline", "bench_scale", "bench_rss", "bench_auto_cgroup", "bench_client_rounds"]
 
 
 @pytest.mark.slow
