@@ -10,6 +10,7 @@ physical peak of its training. Writes ``bench/results/auto_cgroup.json``.
 
     python bench/bench_auto_cgroup.py                         # every zoo model, 1 GB, dynhp
     python bench/bench_auto_cgroup.py --models lenet5 --limit-mb 1024 --methods none
+    python bench/bench_auto_cgroup.py --models resnet18 --merge bench/results/auto_cgroup.json  # redo one
 
 Needs root and a writable memory cgroup controller (v1 or v2); otherwise it says so in one line.
 """
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="lenet300 only, 300 samples")
+    p.add_argument("--merge", metavar="JSON", help="keep an earlier result's rows of the models not run now")
     a = p.parse_args(argv)
     if a.quick:
         a.models, a.samples = "lenet300", 300
@@ -112,13 +114,15 @@ def main(argv=None) -> int:
     except CgroupUnavailable as e:
         print(f"bench_auto_cgroup: {e}", file=sys.stderr)
         return 2
-    rows: list[dict] = []
     models = a.models.split(",")
+    earlier = json.loads(Path(a.merge).read_text()).get("runs", []) if a.merge else []
+    kept = [r for r in earlier if r["model"] not in models]
+    rows: list[dict] = []
     for model in models:
         rows.append(run_model(model, a.limit_mb, a.methods, a.samples, a.reserve_mb, a.timeout))
         print(json.dumps(rows[-1]), flush=True)
-        write_result("auto_cgroup", {"grid": vars(a), "summary": summarize(rows),
-                                     "complete": len(rows) == len(models), "runs": rows}, a.out)
+        write_result("auto_cgroup", {"grid": vars(a), "summary": summarize(kept + rows),
+                                     "complete": len(rows) == len(models), "runs": kept + rows}, a.out)
     return 0
 
 
