@@ -30,7 +30,9 @@ Each run is launched exactly like ``fedprune simulate`` (``fedprune.run_folder.p
 unfinished run without one restarts clean. Before (re)starting a run, processes still alive from a
 killed sweep for that run (found by their ``FLWR_HOME``) are stopped. A run folder whose
 ``config.toml`` differs from what the sweep file now plans is an error (the sweep file changed), so
-a finished run is never silently reused for different settings. A non-empty ``--out`` that is not
+a finished run is never silently reused for different settings. Finished runs of an earlier plan
+of the same sweep (a copy of the sweep file with fewer values, e.g. one seed at a time) stay in the
+manifest (``"outside_plan": true``), so a report still sees them. A non-empty ``--out`` that is not
 a folder of the same sweep (by name) is refused before anything is written. A file lock stops two
 sweeps from working in one folder at once. A sweep in which some run trained no client in any round
 (its model is the initial one) ends with exit code 1 and one line naming those runs.
@@ -472,6 +474,9 @@ class Sweep:
                          "attempts": int(p.get("attempts", 0)),
                          **{k: p[k] for k in ("exit_code", "started", "finished", "wall_seconds",
                                               "error", "resumed_from_round") if k in p}})
+        planned = {plan.id for plan in self.plans}
+        runs += [{**r, "status": "done", "outside_plan": True} for rid, r in prev.items()
+                 if rid not in planned and run_status(self.run_dir(rid)) == "done"]
         self.manifest = {"name": self.spec.name, "created": old.get("created", _now()),
                          "updated": _now(), "grid": self.spec.grid, "set": self.spec.fixed,
                          "parallel": self.parallel, "total": len(self.plans), "runs": runs}

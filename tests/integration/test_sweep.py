@@ -146,6 +146,25 @@ def test_finished_runs_are_never_redone(sweep_file, tmp_path, monkeypatch):
     assert (out / "sweep.toml").is_file() and (out / "base.toml").is_file()
 
 
+def test_a_subset_sweep_file_keeps_the_finished_runs_of_the_full_one(sweep_file, tmp_path, monkeypatch):
+    """One seed at a time into the same folder: the manifest (what a report reads) keeps both."""
+    log = tmp_path / "log.txt"
+    monkeypatch.setenv("FAKE_SWEEP_LOG", str(log))
+    out = tmp_path / "out"
+    seed0 = tmp_path / "seed0.toml"
+    seed0.write_text(GRID.replace('"run.seed" = [0, 1]', '"run.seed" = [0]'))
+    seed1 = tmp_path / "seed1.toml"
+    seed1.write_text(GRID.replace('"run.seed" = [0, 1]', '"run.seed" = [1]'))
+    assert len(Sweep(load_sweep(seed0), out, runner=fake_runner, quiet=True).run().done) == 4
+    assert len(Sweep(load_sweep(seed1), out, runner=fake_runner, quiet=True).run().done) == 4
+    runs = json.loads((out / MANIFEST_FILE).read_text())["runs"]
+    assert len(runs) == 8 and all(r["status"] == "done" for r in runs)
+    assert sum(bool(r.get("outside_plan")) for r in runs) == 4
+    res = Sweep(load_sweep(sweep_file), out, runner=fake_runner, quiet=True).run()  # the full file
+    assert res.done == [] and len(res.skipped) == 8 and len(_log_lines(log)) == 8
+    assert not any(r.get("outside_plan") for r in json.loads((out / MANIFEST_FILE).read_text())["runs"])
+
+
 def test_sweep_killed_midway_resumes_where_it_stopped(sweep_file, tmp_path):
     """SIGKILL the whole sweep during its third run, restart it, and check nothing is redone."""
     log = tmp_path / "log.txt"
