@@ -41,7 +41,8 @@ class ResidentModel:
     retained_bytes: int = 0
     slope: float = 1.0
     allocator: dict = field(default_factory=dict)
-    warmed: set = field(default_factory=set)
+    warmed: set = field(default_factory=set)  # keys whose plain warm-up steps ran
+    rehearsed: set = field(default_factory=set)  # keys whose rehearsal round trained
     warming: bool = False
     learning: bool = True
     window: PeakWindow | None = None

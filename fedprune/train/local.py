@@ -95,25 +95,30 @@ def warm_up_process(model: nn.Module, mask, graph, data: ClientData, cfg: TrainC
     of the model and a few batches of the data. The rehearsal runs the trainer's own code (batch
     fit, memory measurements, the methods' passes), so its one-time costs join the baseline and the
     host memory it holds beyond the prediction is learned (``RESIDENT.fixed_bytes`` and
-    ``retained_bytes``) before a real round starts. Model, mask, data and the global RNG are untouched.
+    ``retained_bytes``) before a real round starts. The plain steps run once per key; a rehearsal
+    that did not fit (nothing trained) runs again at the next call, e.g. after prune-to-fit, without
+    repeating the plain steps (their one-time costs are resident already). Model, mask, data and
+    the global RNG are untouched.
     """
     key = f"{type(model).__name__}|{'+'.join(names)}|{tuple(data.train_x.shape[1:])}"
-    if not warm_up(key, model, cfg.optimizer, data.train_x, data.train_y, ReferenceStep(), cfg.min_batch):
+    if not RESIDENT.enabled or RESIDENT.warming:
         return False
-    if budget_bytes is not None:
-        n = min(len(data.train_x), REHEARSAL_BATCHES * _largest_batch(model, data, cfg, budget_bytes))
-        val_x, val_y = (data.val_x, data.val_y) if data.val_x is not None and len(data.val_x) else (None, None)
-        part = ClientData(data.train_x[:n], data.train_y[:n], None if val_x is None else val_x[:n],
-                          None if val_y is None else val_y[:n])
-        RESIDENT.warming = True
-        try:
-            with torch.random.fork_rng(devices=[]):
-                res = train_local(copy.deepcopy(model), copy.deepcopy(mask), graph, part, cfg, names, method_cfgs,
-                                  budget_bytes)
-        finally:
-            RESIDENT.warming = False
-        if res.metrics.get("does_not_fit"):  # nothing trained, nothing learned: warm up again next time
-            RESIDENT.warmed.discard(key)
+    warmed = warm_up(key, model, cfg.optimizer, data.train_x, data.train_y, ReferenceStep(), cfg.min_batch)
+    if budget_bytes is None or key in RESIDENT.rehearsed:
+        return warmed
+    n = min(len(data.train_x), REHEARSAL_BATCHES * _largest_batch(model, data, cfg, budget_bytes))
+    val_x, val_y = (data.val_x, data.val_y) if data.val_x is not None and len(data.val_x) else (None, None)
+    part = ClientData(data.train_x[:n], data.train_y[:n], None if val_x is None else val_x[:n],
+                      None if val_y is None else val_y[:n])
+    RESIDENT.warming = True
+    try:
+        with torch.random.fork_rng(devices=[]):
+            res = train_local(copy.deepcopy(model), copy.deepcopy(mask), graph, part, cfg, names, method_cfgs,
+                              budget_bytes)
+    finally:
+        RESIDENT.warming = False
+    if not res.metrics.get("does_not_fit"):  # otherwise nothing trained: rehearse again next time
+        RESIDENT.rehearsed.add(key)
     return True
 
 
