@@ -28,7 +28,8 @@ UPPER_BOUND = "fedavg"
 #: ``PLATEAU_TOL`` above the mean of the ``PLATEAU_WINDOW`` rounds before them.
 PLATEAU_WINDOW, PLATEAU_TOL = 3, 0.003
 #: (comparison field, client metric, reader's name) of each peak, the physical one first.
-PEAKS = (("rss_peak_mb", "rss_peak_bytes", "physical peak (process RSS)"),
+PEAKS = (("physical_peak_mb", "physical_peak_bytes", "physical peak of training (RSS growth in the round)"),
+         ("rss_peak_mb", "rss_peak_bytes", "physical peak (process RSS)"),
          ("tensor_peak_mb", "measured_peak_bytes", "tensor peak (training tensors)"))
 
 
