@@ -36,9 +36,8 @@ def client_rounds(seed: int, rounds: int, samples: int, partition: int) -> list[
 
     from fedprune.client_runtime import ClientRuntime
     from fedprune.config import config_from_dict
-    from fedprune.global_model import state_to_numpy
+    from fedprune.global_model import GlobalModel
     from fedprune.memory.resident import start_client_process
-    from fedprune.models import build_model
     from fedprune.surgery import NeuronMask
 
     torch.set_num_threads(1)
@@ -49,8 +48,9 @@ def client_rounds(seed: int, rounds: int, samples: int, partition: int) -> list[
     tree["methods"]["enabled"] = "dynhp"
     cfg = config_from_dict(tree)
     rt = ClientRuntime(cfg, partition, cfg.fleet.num_clients)
-    mask = NeuronMask.full(rt.graph)
-    arrays = state_to_numpy(build_model(cfg.model.name, 1, 10, 28, seed=seed).state_dict())
+    server = GlobalModel(cfg)  # the initial model the server sends: dense, every neuron alive
+    arrays, mask = server.dense, server.mask
+    del server
     state, rows = None, []
     for rnd in range(1, rounds + 1):
         reply = rt.train_round(arrays, mask.to_arrays(), rnd, state)

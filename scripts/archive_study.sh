@@ -16,6 +16,8 @@ for sweep in "$src"/*/; do
     [ -f "$run/summary.json" ] || continue  # unfinished: the sweep restarts it
     mkdir -p "$dst/$name/runs/$(basename "$run")"
     cp "$run"/config.toml "$run"/metrics.jsonl "$run"/summary.json "$dst/$name/runs/$(basename "$run")/"
+    # the run's folder on this machine: a copy is its own place (sweeps compare configs without it)
+    sed -i 's|^out-dir = .*|out-dir = ""|' "$dst/$name/runs/$(basename "$run")/config.toml"
   done
 done
 echo "archive_study: $(find "$dst" -name summary.json | wc -l) finished runs in $dst"

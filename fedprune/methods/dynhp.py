@@ -166,7 +166,7 @@ class DynHP(Method):
 
     def detach(self, ctx) -> None:
         """Keep the optimizer state of the current model (dense-indexed) for the next ``attach``."""
-        self._carry = save_rows(ctx.graph, ctx.mask, ctx.model, ctx.optimizer)
+        self._carry = save_rows(ctx.mask, ctx.model, ctx.optimizer)
 
     def attach(self, ctx) -> None:
         """Give the surviving neurons of the new model their optimizer state back."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 
-def save_rows(graph, mask, model: torch.nn.Module, optimizer) -> dict[str, Any]:
+def save_rows(mask, model: torch.nn.Module, optimizer) -> dict[str, Any]:
     """``{state key: {param key: tensor}}`` for ``model`` (compact for ``mask``), plus ``"_mask"``
     and ``"_scalars"`` (``{param key: {k: v}}``).
 

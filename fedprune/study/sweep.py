@@ -18,7 +18,7 @@ Sweep file (TOML)::
 
 Sweep folder::
 
-    sweep.toml   the sweep file as given (base rewritten to "base.toml")
+    sweep.toml   the sweep file as given (base rewritten to "base.toml", out-dir to "")
     base.toml    the resolved base experiment config
     sweep.json   the manifest: every run, its overrides, status, attempts, timings
     runs/<id>/   one ordinary results folder per run (``config.toml``, ``metrics.jsonl``, ``summary.json``)
@@ -601,6 +601,8 @@ class Sweep:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / RUNS_DIR).mkdir(exist_ok=True)
         text = re.sub(r'(?m)^(\s*base\s*=\s*).*$', rf'\1"{BASE_FILE}"', self.spec.source_text, count=1)
+        # the folder is the sweep's place: its copy names no path of this machine and can move
+        text = re.sub(r'(?m)^(\s*out-dir\s*=\s*).*$', r'\1""', text, count=1)
         atomic_write_text(self.dir / SWEEP_FILE, text)
         atomic_write_text(self.dir / BASE_FILE, dumps_toml(self.spec.base))
 

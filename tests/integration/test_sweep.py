@@ -410,3 +410,11 @@ def test_a_simulate_run_where_no_client_trained_ends_non_zero(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [line for line in err if line.startswith("error: no client trained in any of the 2 rounds")]
     assert len(err) == 1
+
+
+def test_the_folder_copy_of_the_sweep_file_names_no_path_of_this_machine(sweep_file, tmp_path):
+    sweep_file.write_text(GRID.replace('base = "base.toml"', f'base = "{tmp_path / "base.toml"}"\nout-dir = "{tmp_path}/x"'))
+    out = tmp_path / "out"
+    Sweep(load_sweep(sweep_file), out, runner=fake_runner, quiet=True).run()
+    copy = (out / "sweep.toml").read_text()
+    assert str(tmp_path) not in copy and 'base = "base.toml"' in copy and 'out-dir = ""' in copy

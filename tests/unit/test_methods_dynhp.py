@@ -114,7 +114,7 @@ def test_momentum_of_surviving_neurons_is_kept(lenet):
     arrays["conv2"][[0, 5, 9]] = False
     arrays["fc1"][:100] = False
     new = NeuronMask.from_arrays(graph, arrays)
-    saved = save_rows(graph, mask, model, opt)
+    saved = save_rows(mask, model, opt)
     small = graph.prune(model, mask, new)
     opt2 = torch.optim.SGD(small.parameters(), lr=0.01, momentum=0.9)
     assert restore_rows(graph, new, small, opt2, saved) == len(list(small.parameters()))
