@@ -197,13 +197,18 @@ class NeuronGraph:
         return self.prune(model, NeuronMask.full(self), mask)
 
     def prune(self, compact_model: nn.Module, old_mask: NeuronMask,
-              new_mask: NeuronMask) -> nn.Module:
+              new_mask: NeuronMask, *, in_place: bool = False) -> nn.Module:
         """Remove ``old_mask & ~new_mask`` from a model shaped by ``old_mask`` (a new module).
 
         ``new_mask`` must be a subset of ``old_mask``. The removed neurons' incoming
         weights are treated as zero and their constant outputs are folded into the
         consumers. Train/eval mode and ``requires_grad`` are kept; gradients are
         dropped (rebuild the optimizer afterwards).
+
+        ``in_place=True`` cuts ``compact_model`` itself and returns it: no copy of the model is
+        made, and each old tensor is freed as soon as its layer is cut (where nothing else holds
+        it), so the surgery needs one layer's worth of extra memory. The masks are checked first;
+        an error after that leaves the model partly cut.
         """
         self._check_mask(old_mask, "old_mask")
         self._check_mask(new_mask, "new_mask")
@@ -211,7 +216,7 @@ class NeuronGraph:
             raise MaskError("new_mask revives neurons that old_mask had pruned; "
                             "it must be a subset of old_mask")
         self.check_model(compact_model, old_mask)
-        work, inexact = self._reduce(compact_model, old_mask, new_mask)
+        work, inexact = self._reduce(compact_model, old_mask, new_mask, in_place=in_place)
         warn_inexact(inexact)
         return work
 
@@ -367,19 +372,22 @@ class NeuronGraph:
         return {layer: pos for (layer, attr), pos in self._removed(current, target).items()
                 if attr == "inp" and len(pos)}
 
-    def _reduce(self, model: nn.Module, current: NeuronMask,
-                target: NeuronMask) -> tuple[nn.Module, dict[str, np.ndarray]]:
-        """Zero, fold and cut: the compact copy for ``target`` and any inexact folds."""
-        work = self._prepare(model, current, target)
+    def _reduce(self, model: nn.Module, current: NeuronMask, target: NeuronMask,
+                in_place: bool = False) -> tuple[nn.Module, dict[str, np.ndarray]]:
+        """Zero, fold and cut: the compact model for ``target`` (a copy unless ``in_place``) and
+        any inexact folds."""
+        work = self._prepare(model, current, target, in_place=in_place)
         inexact = fold_into_consumers(work, self._removed_inputs(current, target),
                                       self._probe(work), self._sinks.resolve(self._plan.alive(current)))
         resize_layers(work, self._plan, self._plan.keep(current, target))
         self._add_extra_biases(work)
         return work, inexact
 
-    def _prepare(self, model: nn.Module, current: NeuronMask, target: NeuronMask) -> nn.Module:
-        """Deep copy of ``model`` with the removed neurons' incoming weights set to zero."""
-        work = copy.deepcopy(model)
+    def _prepare(self, model: nn.Module, current: NeuronMask, target: NeuronMask,
+                 in_place: bool = False) -> nn.Module:
+        """``model`` (a deep copy unless ``in_place``) with the removed neurons' incoming weights
+        set to zero."""
+        work = model if in_place else copy.deepcopy(model)
         for p in work.parameters():
             p.grad = None
         with torch.no_grad():

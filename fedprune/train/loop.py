@@ -74,7 +74,10 @@ class LocalTrainer:
             m.detach(ctx)
         for p in ctx.model.parameters():  # the last step's gradients are spent: not held through the surgery
             p.grad = None
-        ctx.model = ctx.graph.prune(ctx.model, ctx.mask, new_mask)
+        # The optimizer and the sites hold the old parameters: released here (a method that carries
+        # optimizer state saved it on detach), each old tensor is freed as its layer is cut in place.
+        ctx.optimizer, ctx.sites = None, {}
+        ctx.model = ctx.graph.prune(ctx.model, ctx.mask, new_mask, in_place=True)
         ctx.mask = new_mask
         ctx.model.train()
         self.build_optimizer()

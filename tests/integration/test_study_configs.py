@@ -13,7 +13,7 @@ from fedprune.study.sizing import sweep_size
 from fedprune.study.sweep import expand, load_sweep
 
 CONFIGS = ROOT / "sim_configs"
-PARTS = {"upper": 4, "iid_tight": 10, "dirichlet": 10, "iid_middle": 10, "generous": 2}
+PARTS = {"upper": 4, "iid_tight": 10, "dirichlet": 8, "iid_middle": 10, "generous": 2}
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,35 @@ def test_prune_an_already_compact_model(name):
     assert neurons_per_layer(smaller) == neurons_per_layer(g, new)
 
 
+@pytest.mark.parametrize("name", ["lenet5", "resnet8", "mobilenet_v2"])
+def test_prune_in_place_cuts_the_model_itself_to_the_same_function(name):
+    model, g = setup(name)
+    old = NeuronMask.random(g, 0.6, rng=8)
+    new = old & NeuronMask.random(g, 0.6, rng=9)
+    small = g.compact(model, old).train()
+    reference = g.prune(small, old, new)
+    old_weights = {n: p for n, p in small.named_parameters()}
+    cut = g.prune(small, old, new, in_place=True)
+    assert cut is small and cut.training
+    g.check_model(cut, new)
+    outputs_close(cut, reference, batch_for(name))
+    resized = [n for n, p in cut.named_parameters() if p.shape != old_weights[n].shape]
+    assert resized and all(cut.get_parameter(n) is not old_weights[n] for n in resized)
+
+
+def test_prune_in_place_frees_the_old_tensors():
+    import weakref
+
+    model, g = setup("lenet5")
+    old = NeuronMask.random(g, 0.7, rng=1)
+    new = old & NeuronMask.random(g, 0.7, rng=2)
+    small = g.compact(model, old)
+    refs = {n: weakref.ref(p) for n, p in small.named_parameters()}
+    g.prune(small, old, new, in_place=True)
+    gone = [n for n, r in refs.items() if r() is None]
+    assert "conv1.weight" in gone and "fc1.weight" in gone  # resized, nothing kept the old ones
+
+
 def test_prune_is_cheap_for_lenet5():
     import time
     model, g = setup("lenet5")
