@@ -29,3 +29,20 @@ def test_dynhp_round_keeps_its_rss_growth_within_a_10_mb_budget():
     assert row["rss_growth_bytes"] <= row["budget_bytes"], row
     assert row["trainer_physical_violation"] in (0, 1)  # the trainer reports its own verdict too
     assert row["warm_up_seconds"] < 30  # a handful of steps, not training runs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_study_tightest_client_keeps_every_round_within_its_budget():
+    """The study's Pi Zero 2 W client (LeNet-5 + DynHP, 5.4 MB, the dense model does not fit even at
+    min-batch): every round, pruning events and batch refits included, stays under the budget as the
+    kernel counts it, starting from the round the rehearsal prepared."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_client_rounds.py"), "--child", "1",
+                           "--rounds", "3", "--samples", "600"], capture_output=True, text=True, timeout=280,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(rows) == 3
+    for row in rows:
+        assert row["budget_bytes"] and row["params_alive"] < 431_080  # pruned to fit: not the dense model
+        assert row["physical_peak_bytes"] <= row["budget_bytes"], row
