@@ -78,8 +78,10 @@ def convergence_line(rows: Sequence[dict[str, Any]]) -> str:
         return (f"Convergence ({crit}): unconstrained FedAvg plateaued in every run, by round {last} "
                 f"of {max(r['rounds'] for r in upper)}.")
     missing = sum(r["seeds"] - r["plateaued"] for r in upper)
+    where = sorted({_rest(r["setting"]) or r["setting"] for r in upper if r["plateaued"] < r["seeds"]})
     return (f"Convergence ({crit}): **not reached** by unconstrained FedAvg in {missing} run(s) of "
-            f"{max(r['rounds'] for r in upper)} rounds: the accuracies below are not final.")
+            f"{max(r['rounds'] for r in upper)} rounds ({'; '.join(where)}): the accuracies there are not "
+            f"final.")
 
 
 def goal_check(ranked: list[dict[str, Any]]) -> list[str]:
