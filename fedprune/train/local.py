@@ -102,8 +102,7 @@ def warm_up_process(model: nn.Module, mask, graph, data: ClientData, cfg: TrainC
     ``retained_bytes``) before a real round starts. The plain steps run once per key; a rehearsal
     that did not fit (nothing trained) is repeated once at once (``REHEARSAL_TRIES``) and again at
     the next call, e.g. after prune-to-fit, without repeating the plain steps (their one-time costs
-    are resident already). Model, mask, data and
-    the global RNG are untouched.
+    are resident already). Model, mask, data and the global RNG are untouched.
     """
     key = f"{type(model).__name__}|{'+'.join(names)}|{tuple(data.train_x.shape[1:])}"
     if not RESIDENT.enabled or RESIDENT.warming:

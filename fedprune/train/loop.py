@@ -72,10 +72,9 @@ class LocalTrainer:
             return
         for m in self.methods:
             m.detach(ctx)
-        for p in ctx.model.parameters():  # the last step's gradients are spent: not held through the surgery
-            p.grad = None
         # The optimizer and the sites hold the old parameters: released here (a method that carries
-        # optimizer state saved it on detach), each old tensor is freed as its layer is cut in place.
+        # optimizer state saved it on detach). The in-place cut drops the spent gradients before it
+        # allocates anything and frees each old tensor as its layer is cut.
         ctx.optimizer, ctx.sites = None, {}
         ctx.model = ctx.graph.prune(ctx.model, ctx.mask, new_mask, in_place=True)
         ctx.mask = new_mask
