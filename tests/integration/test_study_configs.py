@@ -67,3 +67,18 @@ def test_sizing_table_totals():
     text = sizing_markdown(files, round_seconds=36.0, startup_seconds=0.0)
     rounds = sum(PARTS.values()) * load_config(CONFIGS / "study_converged.toml").run.num_rounds
     assert f"| total | {sum(PARTS.values())} | {rounds} | {rounds * 36 / 3600:.2f} |" in text
+
+
+def test_the_study_archive_is_not_git_ignored():
+    """`scripts/archive_study.sh` copies finished runs to docs/study/sweeps/<sweep>/runs/<run>/; the
+    repository must keep them (an ignore rule for `runs/` once dropped every archived run)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for name in ("summary.json", "metrics.jsonl", "config.toml"):
+        path = f"docs/study/sweeps/iid-tight/runs/seed=0_enabled=dynhp/{name}"
+        res = subprocess.run(["git", "check-ignore", "-v", "--no-index", path], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert res.returncode == 1, f"{path} is git-ignored: {res.stdout.strip()}"
