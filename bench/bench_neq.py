@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,58 +63,133 @@ def _arm(res: dict, neq: bool) -> dict:
     return arm
 
 
-def paired_step_timing(model_name: str, fractions=(0.25, 0.5), reps: int = 15, batch: int = 64) -> list[dict]:
-    """Whole-step time with a fraction of every layer's output rows on the partial-gradient path
-    against the dense step, alternated step by step so machine load hits both alike.
+def _neq_ctx(model_name: str, batch: int):
+    """A resnet8/lenet5 model with NEq's sites, an SGD optimizer and one fixed batch (for timing)."""
+    from types import SimpleNamespace
 
-    Per fraction ``f``: the first ``f`` of the output rows of every Conv2d/Linear except the
-    classifier are frozen through :mod:`fedprune.methods.partial_grad` (what NEq installs); returns
-    the backprop FLOPs saved by that freezing and the median step times (forward, backward, SGD step).
+    from fedprune.methods.sites import build_sites
+    from fedprune.models import build_model, example_input
+    from fedprune.surgery import NeuronGraph, NeuronMask
+
+    dense = build_model(model_name, seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    ctx = SimpleNamespace(model=model, sites=build_sites(graph, model, mask), val_x=x, eval_batch=batch,
+                          optimizer=opt, frozen_fraction={}, costs_changed=lambda: None)
+    return ctx, x, y
+
+
+def paired_step_timing(model_name: str, fractions=(0.25, 0.5, 0.75), blocks: int = 8, block: int = 6,
+                       batch: int = 64) -> list[dict]:
+    """Whole-step time with NEq freezing a fraction of every group's neurons, against the dense step.
+
+    Per fraction ``f``: the first ``f`` of the neurons of every NEq site are frozen through NEq's own
+    path (``NEq._apply_freeze``: partial weight gradients where they spare a kernel block, hooks
+    elsewhere), as during a NEq epoch. Dense and frozen steps alternate in blocks of ``block`` steps
+    (the first step of each block is not timed), so machine load hits both alike. Returns the backprop
+    FLOPs saved by that freezing (``flops.bprop_flops`` with NEq's ``frozen_fraction``), the training
+    FLOPs saved (forward + backprop), and the median step and backward times.
     """
     import statistics
 
     import torch.nn.functional as F
 
-    from fedprune.methods import partial_grad
     from fedprune.methods.flops import bprop_flops, dense_bprop_flops, layer_costs
-    from fedprune.models import build_model
+    from fedprune.methods.neq import NEq
 
-    model = build_model(model_name, seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
-    layers = [(n, m) for n, m in model.named_modules() if partial_grad.supports(m)][:-1]
+    ctx, x, y = _neq_ctx(model_name, batch)
+    model, opt = ctx.model, ctx.optimizer
     costs = layer_costs(model, x[:2])
+    forward = sum(c.forward_flops for c in costs)
+    neq = NEq(NEqConfig())
 
-    def step() -> float:
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        return time.perf_counter() - t
+    def timed_block() -> tuple[list[float], list[float]]:
+        steps, backs = [], []
+        for i in range(block):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            if i:
+                steps.append(time.perf_counter() - t0)
+                backs.append(t2 - t1)
+        return steps, backs
 
     out = []
     for f in fractions:
-        dense, part = [], []
-        for i in range(reps + 2):
-            td = step()
-            for _, m in layers:
-                rows = m.weight.shape[0]
-                partial_grad.install(m, torch.arange(int(round(f * rows)), rows), 5e-4)
-            tp = step()
-            for _, m in layers:
-                partial_grad.uninstall(m)
-            if i >= 2:  # warm-up
-                dense.append(td)
-                part.append(tp)
-        saved = 1.0 - bprop_flops(costs, {n: f for n, _ in layers}) / dense_bprop_flops(costs)
+        neq.frozen = {g: np.arange(site.dense_size) < round(f * site.dense_size) for g, site in ctx.sites.items()}
+        dense, part, dense_bw, part_bw = [], [], [], []
+        for _ in range(blocks):
+            st, bw = timed_block()
+            dense += st
+            dense_bw += bw
+            neq._apply_freeze(ctx, record=False)
+            frozen_fraction = dict(ctx.frozen_fraction)
+            partial_layers = len(neq._partial)
+            st, bw = timed_block()
+            part += st
+            part_bw += bw
+            neq.detach(ctx)
+        dense_b = dense_bprop_flops(costs)
+        saved = 1.0 - bprop_flops(costs, frozen_fraction) / dense_b
+        train_saved = saved * dense_b / (dense_b + forward)
         ratio = statistics.median(part) / statistics.median(dense)
-        out.append({"frozen_fraction": f, "bprop_flops_saved_frac": saved, "dense_step_seconds": statistics.median(dense),
-                    "partial_step_seconds": statistics.median(part), "step_time_ratio": ratio,
-                    "step_time_saved_over_flops_saved": (1.0 - ratio) / saved if saved > 0 else None})
-        print(f"{model_name} paired step timing, {100 * f:.0f}% rows frozen: FLOPs saved {100 * saved:.1f}%, "
-              f"step time ratio {ratio:.3f}", flush=True)
+        bw_ratio = statistics.median(part_bw) / statistics.median(dense_bw)
+        out.append({"frozen_fraction": f, "partial_grad_layers": partial_layers,
+                    "bprop_flops_saved_frac": saved, "train_flops_saved_frac": train_saved,
+                    "dense_step_seconds": statistics.median(dense), "neq_step_seconds": statistics.median(part),
+                    "step_time_ratio": ratio, "backward_time_ratio": bw_ratio,
+                    "step_time_saved_over_train_flops_saved": (1.0 - ratio) / train_saved if train_saved > 0 else None,
+                    "backward_time_saved_over_bprop_flops_saved": (1.0 - bw_ratio) / saved if saved > 0 else None})
+        print(f"{model_name} paired step timing, {100 * f:.0f}% of every group frozen ({partial_layers} partial-"
+              f"gradient layers): bprop FLOPs saved {100 * saved:.1f}% (training FLOPs {100 * train_saved:.1f}%), "
+              f"step time ratio {ratio:.3f}, backward time ratio {bw_ratio:.3f}", flush=True)
     return out
+
+
+def row_block_curve(batch: int = 64, reps: int = 15) -> list[dict]:
+    """Time of the weight-gradient kernel (``aten.convolution_backward``, weight output only) against
+    the number of output rows computed, for resnet8's three 3x3 convolution shapes at ``batch``.
+
+    This is the measurement behind ``partial_grad.ROW_BLOCK``: the time steps at multiples of the
+    block, so frozen rows that fill no block save nothing.
+    """
+    import statistics
+
+    conv = torch.ops.aten.convolution_backward
+    out = []
+    for cin, cout, side in ((16, 16, 28), (32, 32, 14), (64, 64, 7)):
+        x, w = torch.randn(batch, cin, side, side), torch.randn(cout, cin, 3, 3)
+        go = torch.randn(batch, cout, side, side)
+        for k in range(2, cout + 1, 2 if cout <= 32 else 4):
+            go_k, w_k = go[:, :k].contiguous(), w[:k].contiguous()
+            ts = []
+            for i in range(reps + 2):
+                t = time.perf_counter()
+                conv(go_k, x, w_k, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False])
+                if i >= 2:
+                    ts.append(time.perf_counter() - t)
+            out.append({"in_channels": cin, "out_channels": cout, "side": side, "rows": k,
+                        "seconds": statistics.median(ts)})
+        row = [r for r in out if r["out_channels"] == cout]
+        print(f"weight-gradient kernel {cin}->{cout} @{side}x{side}: " + " ".join(
+            f"{r['rows']}:{1e3 * r['seconds']:.2f}ms" for r in row), flush=True)
+    return out
+
+
+def _forward_flops(model_name: str) -> int:
+    """Forward FLOPs per sample of the dense model (conv/linear, ``flops.layer_costs``)."""
+    from fedprune.methods.flops import layer_costs
+    from fedprune.models import build_model
+
+    return sum(c.forward_flops for c in layer_costs(build_model(model_name, seed=0), torch.zeros(2, 1, 28, 28)))
 
 
 def _mean(xs: list[float]) -> float:
@@ -128,6 +204,12 @@ def _std(xs: list[float]) -> float:
     return float((sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5)
 
 
+def _train_config(epochs: int, lr: float, batch: int, seed: int) -> TrainConfig:
+    """Every arm's training: SGD with momentum 0.9, weight decay 5e-4, cosine learning rate."""
+    return TrainConfig(epochs=epochs, lr_schedule="cosine", lr=lr, batch_size=batch, seed=seed,
+                       min_batch=1, max_batch=1024, optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
+
+
 def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], ncfg: NEqConfig,
               sub: dict, control_seeds: set[int]) -> dict:
     """NEq off, on and matched stochastic freezing for every seed; the fixed-p stochastic and
@@ -135,8 +217,7 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
     log = lambda s: print("  " + s, flush=True)  # noqa: E731
     per_seed = []
     for seed in seeds:
-        cfg = TrainConfig(epochs=epochs, lr_schedule="cosine", lr=lr, batch_size=batch, seed=seed,
-                          min_batch=1, max_batch=1024, optimizer=OptimizerSpec("sgd", momentum=0.9, weight_decay=5e-4))
+        cfg = _train_config(epochs, lr, batch, seed)
         print(f"{model} seed {seed}: NEq off, {epochs} epochs", flush=True)
         off, _ = run_centralized(model, cfg, "none", log=log, **sub)
         print(f"{model} seed {seed}: NEq on, {epochs} epochs, {ncfg}", flush=True)
@@ -203,6 +284,7 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
     losses = [s["accuracy_loss_points"] for s in per_seed]
     loss_pts = _mean(losses)  # = 100 * (mean off accuracy - mean on accuracy)
     bw_ratio = on["backward_seconds_per_step"] / off["backward_seconds_per_step"]
+    train_saved = saved * off["bprop_flops_per_sample"] / (off["bprop_flops_per_sample"] + _forward_flops(model))
     row = {
         "model": model, "epochs": epochs, "seeds": list(seeds), "train_samples": per_seed[0]["train_samples"],
         "train_config": per_seed[0]["train_config"],
@@ -227,6 +309,10 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
                         on["test_accuracy"] >= controls["stochastic_matched"]["test_accuracy"]),
                     "step_time_saving_ge_0_7_flops_saving": bool(1.0 - step_ratio >= 0.7 * saved)},
         "per_seed": per_seed,
+        # like for like: the whole step against forward + backprop FLOPs, the backward against backprop FLOPs
+        "train_flops_saved_frac": train_saved,
+        "step_time_saved_over_train_flops_saved": (1.0 - step_ratio) / train_saved if train_saved > 0 else None,
+        "backward_time_saved_over_bprop_flops_saved": (1.0 - bw_ratio) / saved if saved > 0 else None,
     }
     row["targets"]["all_met"] = all(row["targets"].values())
     print(f"{model} (mean over seeds {list(seeds)}): bprop FLOPs saved {100 * saved:.1f}%, backward time per step "
@@ -236,6 +322,28 @@ def run_model(model: str, epochs: int, lr: float, batch: int, seeds: list[int], 
           f"off-arm seed std {off['test_accuracy_std_points']:.2f} points), targets {row['targets']}", flush=True)
     print_table(row)
     return row
+
+
+def eps_sweep(row: dict, eps_values: list[float], lr: float, batch: int, ncfg: NEqConfig, sub: dict) -> list[dict]:
+    """NEq at other thresholds ``eps`` on the seeds of ``row`` (``run_model``'s result), each against
+    the same seed's NEq-off run: backprop FLOPs saved and accuracy loss, mean +- std over the seeds."""
+    out = []
+    for eps in eps_values:
+        saved, loss = [], []
+        for s in row["per_seed"]:
+            cfg = _train_config(row["epochs"], lr, batch, s["seed"])
+            print(f"{row['model']} seed {s['seed']}: NEq at eps {eps}", flush=True)
+            res, _ = run_centralized(row["model"], cfg, "neq", {"neq": NEqConfig(**{**ncfg.__dict__, "eps": eps})},
+                                     log=lambda _s: None, **sub)
+            saved.append(1.0 - res["metrics"]["bprop_flops"] / s["off"]["bprop_flops_per_sample"])
+            loss.append(100.0 * (s["off"]["test_accuracy"] - res["test_accuracy"]))
+        out.append({"eps": eps, "seeds": [s["seed"] for s in row["per_seed"]],
+                    "bprop_flops_saved_frac": _mean(saved), "bprop_flops_saved_frac_std": _std(saved),
+                    "accuracy_loss_points": _mean(loss), "accuracy_loss_points_std": _std(loss),
+                    "per_seed": {"bprop_flops_saved_frac": saved, "accuracy_loss_points": loss}})
+        print(f"{row['model']} eps {eps}: bprop FLOPs saved {100 * _mean(saved):.1f} +- {100 * _std(saved):.1f}%, "
+              f"accuracy loss {_mean(loss):.2f} +- {_std(loss):.2f} points", flush=True)
+    return out
 
 
 def print_table(row: dict) -> None:
@@ -254,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1000 samples, 3 epochs")
     ap.add_argument("--epochs", type=int, default=10, help="epochs for lenet5")
-    ap.add_argument("--resnet-epochs", type=int, default=7,
+    ap.add_argument("--resnet-epochs", type=int, default=12,
                     help="epochs for resnet8 (its neurons settle later: savings grow with training)")
     ap.add_argument("--resnet-train-samples", type=int, default=2000,
                     help="training subset for resnet8 (0 = all 60000) to keep the run in minutes")
@@ -264,6 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="seeds that also run the fixed-p stochastic and constant-lr controls")
     ap.add_argument("--eps", type=float, default=NEqConfig.eps)
     ap.add_argument("--mu", type=float, default=NEqConfig.mu_eq)
+    ap.add_argument("--eps-sweep", default="0.03,0.04",
+                    help="further thresholds run on every seed (FLOPs saved vs accuracy loss); '' for none")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", default="0,1,2",
                     help="comma-separated seeds; both arms run every seed, figures are means over them")
@@ -287,15 +397,18 @@ def main(argv: list[str] | None = None) -> dict:
         lr = 0.05
         control_seeds = {int(x) for x in a.control_seeds.split(",") if x.strip()}
         rows.append(run_model(model, epochs, lr, 64, seeds, ncfg, sub, control_seeds))
-        rows[-1]["paired_step_timing"] = paired_step_timing(model, reps=3 if a.quick else 15)
+        sweep = [float(e) for e in a.eps_sweep.split(",") if e.strip()] if not a.quick else []
+        rows[-1]["eps_sweep"] = eps_sweep(rows[-1], sweep, lr, 64, ncfg, sub)
+        rows[-1]["paired_step_timing"] = paired_step_timing(model, blocks=2 if a.quick else 8)
     out = {
         "benchmark": "neq", "quick": a.quick, "dataset": "fashion-mnist", "neq_config": ncfg.__dict__,
         "note": (f"resnet8 on {a.resnet_train_samples} training / {a.max_test_samples} test samples, "
-                 f"{a.resnet_epochs} epochs, so the benchmark fits ~30 minutes on 2 shared cores; the fixed-p "
+                 f"{a.resnet_epochs} epochs, so the benchmark fits ~40 minutes on one core; the fixed-p "
                  f"stochastic and constant-lr controls on seeds {a.control_seeds} only; NEq's first freeze needs "
                  f"3 evaluations (one per epoch start), so savings grow with longer training. Step times were "
                  f"measured on a shared machine (load average in machine)"),
         "results": rows,
+        "row_block_curve": row_block_curve(reps=3 if a.quick else 15),
         "targets": {r["model"]: r["targets"] for r in rows},
         "machine": {**machine_info(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "wall_seconds": time.perf_counter() - t0,

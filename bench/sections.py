@@ -263,15 +263,35 @@ def neq_section(d: dict, fig_dir: Path) -> str:
     out = (_load_note(d) + "Step time: the whole training step (forward, backward, optimizer, the methods' hooks) "
            "plus NEq's per-epoch evaluations, per step, relative to the same seeds with NEq off.\n\n"
            + md_table(["model", "approach", "backprop FLOPs saved", "step time / baseline", "top-1 (%)"], rows))
-    paired = [(r.get("model"), f"{100 * p['frozen_fraction']:.0f}%", _fmt(100 * p["bprop_flops_saved_frac"], "{:.1f}%"),
-               _fmt(p["step_time_ratio"], "{:.3f}"), _fmt(p.get("step_time_saved_over_flops_saved")))
-              for r in res for p in r.get("paired_step_timing", [])]
+    paired = [(r.get("model"), f"{100 * p['frozen_fraction']:.0f}%", str(p.get("partial_grad_layers", "-")),
+               _fmt(100 * p["bprop_flops_saved_frac"], "{:.1f}%"), _fmt(100 * p.get("train_flops_saved_frac", 0), "{:.1f}%"),
+               _fmt(p.get("backward_time_ratio"), "{:.3f}"), _fmt(p["step_time_ratio"], "{:.3f}"))
+              for r in res for p in r.get("paired_step_timing", []) if "train_flops_saved_frac" in p]
     if paired:
-        out += ("\nThe partial-gradient path alone, timed step by step against the dense step in alternation "
-                "(so machine load hits both alike): every layer but the classifier with the given fraction of "
-                "its output rows frozen.\n\n"
-                + md_table(["model", "rows frozen", "backprop FLOPs saved", "step time / dense step",
-                            "time saved / FLOPs saved"], paired))
+        out += ("\nNEq's freezing path alone (partial weight gradients where they spare a kernel block of rows, "
+                "hooks elsewhere), timed against the dense step in alternating blocks of steps (so machine load "
+                "hits both alike), with the given fraction of every group's neurons frozen.\n\n"
+                + md_table(["model", "frozen", "partial-gradient layers", "backprop FLOPs saved",
+                            "training FLOPs saved", "backward time / dense", "step time / dense"], paired))
+    sweep = [(r.get("model"), f"{e['eps']:g}", str(len(e.get("seeds", []))),
+              _pm(e, "bprop_flops_saved_frac", 100.0, "{:.1f}") + "%", _pm(e, "accuracy_loss_points"))
+             for r in res for e in r.get("eps_sweep", [])]
+    if sweep:
+        main = [(r.get("model"), f"{d.get('neq_config', {}).get('eps', 0):g} (above)", str(len(r.get("seeds", []))),
+                 _pm(r, "bprop_flops_saved_frac", 100.0, "{:.1f}") + "%", _pm(r, "accuracy_loss_points"))
+                for r in res if r.get("eps_sweep")]
+        out += ("\nNEq's threshold `eps` against its saving and its cost, each seed against its own NEq-off run "
+                "(mean +- std over seeds).\n\n"
+                + md_table(["model", "eps", "seeds", "backprop FLOPs saved", "accuracy loss (points)"], main + sweep))
+    curve = d.get("row_block_curve") or []
+    if curve:
+        shapes = dict.fromkeys((c["in_channels"], c["out_channels"], c["side"]) for c in curve)
+        lines = [(f"{ci}->{co} @{sd}x{sd}", " ".join(f"{c['rows']}:{1e3 * c['seconds']:.2f}"
+                                                     for c in curve if (c["in_channels"], c["out_channels"], c["side"]) == (ci, co, sd)))
+                 for ci, co, sd in shapes]
+        out += ("\nWeight-gradient kernel time (ms) against the output rows computed (rows:ms), batch 64: the "
+                "time steps at blocks of rows, the measurement behind `partial_grad.ROW_BLOCK`.\n\n"
+                + md_table(["convolution", "rows:ms"], lines))
 
     def mean_frozen(h: dict) -> float:
         ff = h.get("frozen_fraction") or {}
@@ -286,7 +306,8 @@ def neq_section(d: dict, fig_dir: Path) -> str:
             hist = on_history(r)
             ax.plot([h["epoch"] for h in hist], [mean_frozen(h) for h in hist], "o-",
                     label=f"{r.get('model')} (seed {(r.get('seeds') or [0])[0]})")
-        ax.set(xlabel="epoch", ylabel="neurons frozen, mean over layers (%)", title="NEq: neurons at equilibrium")
+        ax.set(xlabel="epoch", ylabel="weight-gradient rows not computed,\nmean over layers (%)",
+               title="NEq: neurons at equilibrium")
         ax.legend(fontsize=7)
 
     if any(on_history(r) for r in res):

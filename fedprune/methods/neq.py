@@ -19,9 +19,15 @@ A frozen neuron gets no optimizer update, and its gradient is not computed:
 * a parameter whose slices are all frozen gets ``requires_grad=False`` (``skip_layer_grad``); when
   the leading layers are wholly frozen their outputs need no gradient, so autograd never enters them;
 * a Conv2d/Linear layer with some frozen output neurons computes its weight gradient for the active
-  rows only (:mod:`~fedprune.methods.partial_grad`); the frozen rows get ``-weight_decay * w``, which
-  cancels the optimizer's decay term (SGD, Adam), so their update is exactly zero;
-* any other frozen slice (BatchNorm affine, depthwise rows) gets the same value from a gradient hook.
+  rows only (:mod:`~fedprune.methods.partial_grad`) when that spares the kernel at least one block of
+  rows (``partial_grad.saves_a_block``); the frozen rows get ``-weight_decay * w``, which cancels the
+  optimizer's decay term (SGD, Adam), so their update is exactly zero;
+* any other frozen slice (BatchNorm affine, depthwise rows, a layer whose frozen rows fill no kernel
+  block) gets the same value from a gradient hook: its gradient is computed, then replaced.
+
+``ctx.frozen_fraction`` (the backprop-FLOPs accounting) counts only the weight-gradient rows that are
+not computed: the frozen rows of partial-path layers and whole layers without ``requires_grad``. Rows
+frozen through a hook are frozen, but their gradient was computed, so they save nothing.
 
 Momentum rows of frozen neurons (``momentum_buffer``, Adam's ``exp_avg``) are zeroed once when they
 freeze, so they stay zero and nothing carries over when the neuron thaws. Nothing is copied per step.
@@ -315,9 +321,7 @@ class NEq(Method):
             local = fr[site.alive]
             if not local.any():
                 continue
-            self._freeze_site(ctx, site, local, modules, decay)
-            for layer in site.layers:
-                frozen_layers[layer] = float(local.mean())
+            frozen_layers.update(self._freeze_site(ctx, site, local, modules, decay))
         ctx.frozen_fraction = frozen_layers
         alive_total = sum(len(s.alive) for s in ctx.sites.values())
         frozen_total = sum(int(self.frozen[g][s.alive].sum()) for g, s in ctx.sites.items()
@@ -328,32 +332,41 @@ class NEq(Method):
             self._path_epochs["nograd"] += len(self._nograd)
         ctx.costs_changed()
 
-    def _freeze_site(self, ctx, site, local: np.ndarray, modules, decay: float) -> None:
-        """Freeze the ``local`` (alive-order) neurons of ``site``: no gradient for their rows.
+    def _freeze_site(self, ctx, site, local: np.ndarray, modules, decay: float) -> dict[str, float]:
+        """Freeze the ``local`` (alive-order) neurons of ``site``: no update for their rows.
 
         A wholly frozen parameter loses ``requires_grad``; a conv/linear whose output rows are this
-        site's neurons gets partial weight gradients; any other slice gets a gradient hook.
+        site's neurons gets partial weight gradients where that spares a kernel block; any other
+        slice gets a gradient hook. Returns, per conv/linear layer of the site, the fraction of its
+        weight-gradient rows that are not computed (layers on the hook path are left out: 0).
         """
         which = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
         active = torch.as_tensor(np.flatnonzero(~local), dtype=torch.long)
         all_frozen = bool(local.all())
+        skipped: dict[str, float] = {}
         for ps in site.params:
             idx = ps.pos.index_select(0, which)
             self._zero_momentum(ctx, ps.param, ps.dim, idx)
             whole = len(ps.pos) == ps.param.shape[ps.dim]
+            mname, _, attr = ps.name.rpartition(".")
             if all_frozen and self.cfg.skip_layer_grad and whole:
                 ps.param.requires_grad_(False)
                 self._nograd.append(ps.param)
+                if mname in site.layers:
+                    skipped[mname] = 1.0
                 continue
-            mname, _, attr = ps.name.rpartition(".")
             mod = modules.get(mname)
             if (not all_frozen and whole and ps.dim == 0 and attr in ("weight", "bias")
-                    and mod is not None and partial_grad.supports(mod)):
+                    and mod is not None and partial_grad.supports(mod)
+                    and partial_grad.saves_a_block(len(active), len(local))):
                 if mname not in self._partial:
                     partial_grad.install(mod, ps.pos.index_select(0, active), decay)
                     self._partial[mname] = mod
+                if mname in site.layers:
+                    skipped[mname] = float(local.mean())
                 continue
             self._hooks.append(ps.param.register_hook(_frozen_rows_hook(ps.param, ps.dim, idx, decay)))
+        return skipped
 
     @staticmethod
     def _zero_momentum(ctx, param, dim, idx) -> None:

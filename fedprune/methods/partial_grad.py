@@ -14,6 +14,12 @@ instance attribute, removed by :func:`uninstall`) by an autograd function whose 
 
 The replacement forward is a bound method of the module, so ``copy.deepcopy`` (the memory
 estimate's model copy) re-binds it to the copy.
+
+The CPU weight-gradient kernels (oneDNN convolution, BLAS matmul) work on blocks of ``ROW_BLOCK``
+output rows: computing 10 or 16 rows of a 16-row layer takes the same time (``bench/bench_neq.py``
+measures the curve, ``row_block_curve`` in ``bench/results/neq.json``). :func:`saves_a_block` says
+whether the active rows need fewer blocks than the whole layer; where they do not, the partial path
+would only add its own overhead (an output-gradient slice and a Python backward).
 """
 
 from __future__ import annotations
@@ -25,6 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 _ATTR = "_partial_grad"
+ROW_BLOCK = 8  # float32 rows per SIMD block of the CPU weight-gradient kernels (AVX2: 8)
+
+
+def saves_a_block(n_active: int, n_rows: int, block: int = ROW_BLOCK) -> bool:
+    """True when ``n_active`` of ``n_rows`` output rows span fewer ``block``-row blocks than all rows,
+    i.e. the weight-gradient kernel has less to do for the active rows than for the whole layer."""
+    if n_rows <= 0 or not 0 <= n_active <= n_rows:
+        raise ValueError(f"saves_a_block: need 0 <= n_active <= n_rows, got {n_active}, {n_rows}")
+    return -(-n_active // block) < -(-n_rows // block)
 
 
 def _fill_rows(param: torch.Tensor, active: torch.Tensor, grad_active: torch.Tensor,
@@ -51,7 +66,7 @@ class _ActiveRowsConv2d(torch.autograd.Function):
             gx = conv(go, x, w, None, stride, padding, dilation, False, [0, 0], 1, [True, False, False])[0]
         go_a = go.index_select(1, active)
         if ctx.needs_input_grad[1]:
-            w_a = w.index_select(0, active)
+            w_a = w.narrow(0, 0, len(active))  # only its shape matters for the weight gradient
             gw_a = conv(go_a, x, w_a, None, stride, padding, dilation, False, [0, 0], 1,
                         [False, True, False])[1]
             gw = _fill_rows(w, active, gw_a, decay)

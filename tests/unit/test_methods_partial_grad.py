@@ -114,3 +114,38 @@ def test_stochastic_control_freezes_about_p_of_the_neurons():
     neq.detach(ctx)
     assert 0.15 < np.mean(fracs) < 0.25 and len(set(fracs)) > 1  # a fresh draw every epoch
     assert neq.metrics(ctx)["neq_frozen_frac_mean"] == pytest.approx(np.mean(fracs))
+
+
+@pytest.mark.parametrize("n_active, n_rows, saves", [
+    (8, 16, True), (9, 16, False), (12, 16, False), (16, 16, False), (0, 16, True),
+    (48, 50, True), (49, 50, False), (1, 8, False), (7, 120, True), (112, 120, True), (113, 120, False),
+])
+def test_saves_a_block_counts_kernel_row_blocks(n_active, n_rows, saves):
+    assert partial_grad.saves_a_block(n_active, n_rows) is saves
+
+
+def test_saves_a_block_rejects_impossible_counts():
+    for bad in ((5, 4), (-1, 4), (0, 0)):
+        with pytest.raises(ValueError, match="saves_a_block"):
+            partial_grad.saves_a_block(*bad)
+
+
+def test_frozen_rows_that_fill_no_block_use_a_hook_and_save_no_flops():
+    """conv1 (20 rows) with 3 frozen: the active 17 need the same 3 blocks as all 20, so the
+    gradient is computed and replaced (no partial path, no FLOPs counted); conv2 (50 rows) with 25
+    frozen: 4 blocks instead of 7, the partial path, and its frozen fraction is counted."""
+    dense = build_model("lenet5", seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    mask = NeuronMask.full(graph)
+    model = graph.compact(dense, mask)
+    x = torch.randn(16, 1, 28, 28)
+    ctx = _ctx(model, graph, mask, x)
+    neq = NEq(NEqConfig())
+    neq.frozen = {"conv1": np.arange(20) < 3, "conv2": np.arange(50) % 2 == 0}
+    neq._apply_freeze(ctx)
+    assert "forward" not in model.conv1.__dict__ and "forward" in model.conv2.__dict__
+    assert ctx.frozen_fraction == {"conv2": 0.5}
+    F.cross_entropy(model(x), torch.randint(0, 10, (16,))).backward()
+    assert (model.conv1.weight.grad[:3] == 0).all() and (model.conv1.weight.grad[3:] != 0).any()
+    assert (model.conv2.weight.grad[::2] == 0).all()
+    neq.detach(ctx)
