@@ -343,6 +343,7 @@ class NEq(Method):
         which = torch.as_tensor(np.flatnonzero(local), dtype=torch.long)
         active = torch.as_tensor(np.flatnonzero(~local), dtype=torch.long)
         all_frozen = bool(local.all())
+        partial_pays = not all_frozen and partial_grad.saves_a_block(len(active), len(local))
         skipped: dict[str, float] = {}
         for ps in site.params:
             idx = ps.pos.index_select(0, which)
@@ -356,9 +357,8 @@ class NEq(Method):
                     skipped[mname] = 1.0
                 continue
             mod = modules.get(mname)
-            if (not all_frozen and whole and ps.dim == 0 and attr in ("weight", "bias")
-                    and mod is not None and partial_grad.supports(mod)
-                    and partial_grad.saves_a_block(len(active), len(local))):
+            if (partial_pays and whole and ps.dim == 0 and attr in ("weight", "bias")
+                    and mod is not None and partial_grad.supports(mod)):
                 if mname not in self._partial:
                     partial_grad.install(mod, ps.pos.index_select(0, active), decay)
                     self._partial[mname] = mod

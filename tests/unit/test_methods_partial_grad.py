@@ -77,8 +77,8 @@ def _ctx(model, graph, mask, x):
                            costs_changed=lambda: None)
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook")
-def test_wholly_frozen_first_layer_is_never_entered_by_backward():
+def _lenet_frozen(frozen: dict[str, np.ndarray]):
+    """A compact LeNet-5 with NEq's ``frozen`` flags applied; returns (model, x, ctx, neq)."""
     dense = build_model("lenet5", seed=0)
     graph = NeuronGraph.from_model(dense, example_input())
     mask = NeuronMask.full(graph)
@@ -86,8 +86,14 @@ def test_wholly_frozen_first_layer_is_never_entered_by_backward():
     x = torch.randn(16, 1, 28, 28)
     ctx = _ctx(model, graph, mask, x)
     neq = NEq(NEqConfig())
-    neq.frozen = {"conv1": np.ones(20, dtype=bool), "conv2": np.arange(50) % 2 == 0}
+    neq.frozen = frozen
     neq._apply_freeze(ctx)
+    return model, x, ctx, neq
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_wholly_frozen_first_layer_is_never_entered_by_backward():
+    model, x, ctx, neq = _lenet_frozen({"conv1": np.ones(20, dtype=bool), "conv2": np.arange(50) % 2 == 0})
     entered = []
     model.conv1.register_full_backward_hook(lambda *a: entered.append("conv1"))
     model.conv2.register_full_backward_hook(lambda *a: entered.append("conv2"))
@@ -134,15 +140,7 @@ def test_frozen_rows_that_fill_no_block_use_a_hook_and_save_no_flops():
     """conv1 (20 rows) with 3 frozen: the active 17 need the same 3 blocks as all 20, so the
     gradient is computed and replaced (no partial path, no FLOPs counted); conv2 (50 rows) with 25
     frozen: 4 blocks instead of 7, the partial path, and its frozen fraction is counted."""
-    dense = build_model("lenet5", seed=0)
-    graph = NeuronGraph.from_model(dense, example_input())
-    mask = NeuronMask.full(graph)
-    model = graph.compact(dense, mask)
-    x = torch.randn(16, 1, 28, 28)
-    ctx = _ctx(model, graph, mask, x)
-    neq = NEq(NEqConfig())
-    neq.frozen = {"conv1": np.arange(20) < 3, "conv2": np.arange(50) % 2 == 0}
-    neq._apply_freeze(ctx)
+    model, x, ctx, neq = _lenet_frozen({"conv1": np.arange(20) < 3, "conv2": np.arange(50) % 2 == 0})
     assert "forward" not in model.conv1.__dict__ and "forward" in model.conv2.__dict__
     assert ctx.frozen_fraction == {"conv2": 0.5}
     F.cross_entropy(model(x), torch.randint(0, 10, (16,))).backward()
