@@ -22,7 +22,7 @@ demo: data
 	$(BIN)/fedprune simulate sim_configs/quickstart.toml --out results/quickstart-$(STAMP_FILE)
 
 test: data
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=25
 
 # unit + integration tests without the slow (Ray, subprocess) runs: under two minutes
 test-fast: data

@@ -14,9 +14,13 @@ Definitions (bytes):
 The prediction: ``physical(b) = fixed_bytes + slope * tensor_peak(b)``. ``fixed_bytes`` is the RSS
 growth of a warm training step beyond its tensor bytes and ``slope`` (>= 1) the resident bytes per
 tensor byte, both measured once per process by ``fedprune.memory.warmup.warm_up`` (a handful of
-plain steps on a copy of the model); every measured training step can raise ``fixed_bytes``
-(``observe``), and host memory the steps keep between them (measurement records, heap the
-allocator keeps, Python objects) raises ``retained_bytes`` (``observe_retained``). ``tensor_budget`` turns a training budget into the tensor budget the batch fit uses.
+plain steps on a copy of the model). Every measured training step can raise ``slope`` and
+``fixed_bytes`` (``observe``): kernel workspace that the tensor accounting misses grows with the
+step and depends on the layer widths, which pruning changes, so the trainer measures one step of
+every new set of layer shapes (``slopes``) before it lets the batch grow. Host memory the steps
+keep between them (measurement records, heap the allocator keeps, Python objects) raises
+``retained_bytes`` (``observe_retained``). ``tensor_budget`` turns a training budget into the
+tensor budget the batch fit uses.
 State is per process (``RESIDENT``), which is what the kernel counts.
 """
 
@@ -32,6 +36,15 @@ import psutil
 from fedprune.memory.cgroup import cgroup_headroom_bytes, cgroup_limit_bytes
 from fedprune.memory.process import PeakWindow, configure_allocator, configure_kernel_caches, rss_bytes
 
+#: the most resident bytes per tensor byte a measured step can teach; a larger miss is fixed bytes
+MAX_SLOPE = 2.0
+
+
+def structure_key(model) -> tuple:
+    """The shapes of ``model``'s parameters: what a step's untracked kernel workspace depends on."""
+    return tuple(tuple(p.shape) for p in model.parameters())
+
+
 @dataclass
 class ResidentModel:
     """Per-process figures of the resident-memory model (see module doc)."""
@@ -43,37 +56,57 @@ class ResidentModel:
     allocator: dict = field(default_factory=dict)
     warmed: set = field(default_factory=set)  # keys whose plain warm-up steps ran
     rehearsed: set = field(default_factory=set)  # keys whose rehearsal round trained
+    slopes: dict = field(default_factory=dict)  # layer shapes (structure_key) -> slope measured for them
     warming: bool = False
     learning: bool = True
     window: PeakWindow | None = None
 
+    def slope_for(self, key: tuple | None) -> float:
+        """The slope of layer shapes ``key``: measured for them, else the largest measured for any."""
+        if key in self.slopes:
+            return self.slopes[key]
+        return max([self.slope, *self.slopes.values()])
+
+    def structure_measured(self, model) -> bool:
+        """Whether a training step of ``model``'s layer shapes was measured in this process."""
+        return structure_key(model) in self.slopes
+
     def tensor_budget(self, budget_bytes: int, calibration: float = 1.0, held_bytes: int = 0,
-                      live_bytes: int = 0) -> int:
+                      live_bytes: int = 0, key: tuple | None = None) -> int:
         """Tensor bytes a step may peak at so that its RSS growth stays within ``budget_bytes``.
 
         ``held_bytes``: the RSS the round holds now over its baseline; ``live_bytes``: the tensor
         bytes that are alive now and part of every step's peak (parameters, gradients, optimizer
-        state), which that RSS already holds. A step then peaks at ``held + fixed + slope *
-        (tensor_peak - live)``. Off (library use), the budget is divided by ``calibration`` only.
+        state), which that RSS already holds; ``key``: the model's layer shapes. A step then peaks
+        at ``held + fixed + slope_for(key) * (tensor_peak - live)``. Off (library use), the budget
+        is divided by ``calibration`` only.
         """
         if not self.enabled:
             return int(int(budget_bytes) / max(1.0, float(calibration)))
         room = int(budget_bytes) - self.fixed_bytes - self.retained_bytes - int(held_bytes)
         if room <= 0:
             return 0
-        physical = int(room / max(1.0, self.slope, float(calibration))) + int(live_bytes)
+        physical = int(room / max(1.0, self.slope_for(key), float(calibration))) + int(live_bytes)
         return min(physical, int(int(budget_bytes) / max(1.0, float(calibration))))  # tensors fit too
 
-    def observe(self, physical_bytes: int, transient_bytes: int, held_bytes: int) -> None:
-        """Learn from one measured step: its RSS growth over the round's baseline against
-        ``held_bytes`` (held before the step) plus ``slope`` times its predicted new tensor bytes.
+    def observe(self, physical_bytes: int, transient_bytes: int, held_bytes: int, key: tuple | None = None) -> None:
+        """Learn from one measured step of layer shapes ``key``: its RSS growth over the round's
+        baseline against ``held_bytes`` (held before the step) plus ``fixed_bytes`` plus the slope
+        times its predicted new tensor bytes.
 
-        What that misses is host memory a step holds (Python objects of the measurement, heap the
-        allocator keeps): it raises ``fixed_bytes``.
+        Kernels allocate workspace that the tensor accounting cannot see, and it scales with the
+        step and with the layer widths (oneDNN pads a layer's channels to its vector width, so a
+        pruned layer of 9 channels costs what one of 16 does). So the step sets the slope of
+        ``key``: what explains its growth, at least the warm-up's ``slope`` and at most
+        ``MAX_SLOPE``, and never below what an earlier step of ``key`` needed; a miss beyond
+        ``MAX_SLOPE`` raises ``fixed_bytes``.
         """
-        if self.learning and transient_bytes > 0 and physical_bytes > 0:
-            miss = physical_bytes - int(held_bytes) - self.slope * transient_bytes
-            self.fixed_bytes = max(self.fixed_bytes, int(miss))
+        if not (self.learning and transient_bytes > 0 and physical_bytes > 0):
+            return
+        growth = int(physical_bytes) - int(held_bytes) - self.fixed_bytes
+        needed = min(MAX_SLOPE, max(self.slope, growth / transient_bytes))
+        self.slopes[key] = max(needed, self.slopes.get(key, 0.0))
+        self.fixed_bytes += max(0, int(growth - self.slopes[key] * transient_bytes))
 
     def observe_retained(self, held_growth: int, live_growth: int) -> None:
         """Learn host memory the round's steps keep between steps: the RSS held before a measured
@@ -85,7 +118,7 @@ class ResidentModel:
     def describe(self) -> dict:
         """The figures as flat metrics."""
         return {"resident_fixed_bytes": int(self.fixed_bytes), "resident_retained_bytes": int(self.retained_bytes),
-                "resident_slope": float(self.slope)}
+                "resident_slope": float(self.slope_for(None))}
 
 
 RESIDENT = ResidentModel()

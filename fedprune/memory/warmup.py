@@ -12,11 +12,13 @@ copy of the model with its own optimizer:
 2. ``WARM_STEPS`` steps at batch ``b0`` and at a larger ``b1`` (at least ``SLOPE_BATCH_FACTOR * b0``
    and large enough that the predicted tensor peaks differ by ``SLOPE_SPAN_BYTES``) inside an RSS
    window each (``PeakWindow``), with the last step of each under ``PeakMemoryTracker``: the RSS
-   growth ``g`` and the live tensor peak ``t`` of a warm step at two sizes.
+   growth ``g`` and the new tensor bytes at the peak ``t`` of a warm step at two sizes.
 
-``fixed_bytes = g0 - t0`` (what a warm step costs beyond its tensors) and ``slope = (g1 - g0) /
-(t1 - t0)`` (resident bytes per extra tensor byte, >= 1) go into ``RESIDENT``. The caller's model,
-its optimizer state and the global RNG are untouched.
+Both leave out what is resident when the window opens (model, gradients, optimizer state, data).
+``fixed_bytes = g0 - t0`` (what a warm step costs beyond its new tensors) and ``slope = (g1 - g0) /
+(t1 - t0)`` (resident bytes per extra tensor byte, >= 1) go into ``RESIDENT``, and the model's layer
+shapes get that slope in ``RESIDENT.slopes``. The caller's model, its optimizer state and the global RNG are
+untouched.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 from fedprune.memory.estimate import estimate_training_memory
 from fedprune.memory.optim import OptimizerSpec
 from fedprune.memory.process import PeakWindow
-from fedprune.memory.resident import RESIDENT
+from fedprune.memory.resident import RESIDENT, structure_key
 from fedprune.memory.step import clean_copy
 from fedprune.memory.tracker import PeakMemoryTracker
 
@@ -52,7 +54,9 @@ Step = Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], 
 
 def _measure(model: nn.Module, opt: torch.optim.Optimizer, step: Step, x: torch.Tensor,
              y: torch.Tensor) -> tuple[int, int]:
-    """``WARM_STEPS`` steps on ``(x, y)``: (RSS growth over the window's start, tensor peak of the last)."""
+    """``WARM_STEPS`` steps on ``(x, y)``: (RSS growth over the window's start, the new tensor bytes
+    of the last step at its peak). Both leave out what is resident at the start (model, gradients,
+    optimizer state, data)."""
     window = PeakWindow().start()
     try:
         for _ in range(WARM_STEPS - 1):
@@ -60,7 +64,7 @@ def _measure(model: nn.Module, opt: torch.optim.Optimizer, step: Step, x: torch.
         tracker = PeakMemoryTracker("cpu", model=model, optimizer=opt, tensors=[x, y])
         with tracker:
             step(model, opt, x, y)
-        return window.growth_bytes(), int(tracker.peak_bytes)
+        return window.growth_bytes(), int(tracker.allocated_peak_bytes)
     finally:
         window.stop()
 
@@ -107,6 +111,7 @@ def warm_up(key: str, model: nn.Module, optimizer: OptimizerSpec, x: torch.Tenso
         if t1 > t0:
             RESIDENT.slope = max(RESIDENT.slope, (g1 - g0) / (t1 - t0))
         RESIDENT.warmed.add(key)
+        RESIDENT.slopes.setdefault(structure_key(model), RESIDENT.slope)
         return True
     finally:
         RESIDENT.warming = False

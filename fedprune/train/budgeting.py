@@ -14,7 +14,11 @@ methods keep between steps (``Method.kept_tensor_bytes``) and their host state
 A measured step runs under ``PeakMemoryTracker``. A measured peak above the budget is a
 *violation*: it is recorded and the batch is shrunk proportionally before the next step. A measured
 peak above the prediction raises the calibration factor (measured / predicted, >= 1) that divides
-the budget of later fits.
+the budget of later fits. The RSS a measured step adds teaches the resident-memory model
+(``RESIDENT.observe``); a model whose layer shapes have no measured step in this process yet (the
+round's received model, or one that a structural change just cut) trains one measured step at a
+batch known to fit before the batch may grow (:meth:`BatchBudget.probed`), because the kernels'
+untracked workspace changes with the layer widths.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from torch import nn
 
 from fedprune.memory import (MemoryReport, PeakMemoryTracker, estimate_training_memory, max_batch_size,
                              run_with_oom_guard, scale_lr)
-from fedprune.memory.resident import RESIDENT, held_bytes, step_physical_bytes
+from fedprune.memory.resident import RESIDENT, held_bytes, step_physical_bytes, structure_key
 from fedprune.methods.base import StepMemory
+
+#: a round that starts on layer shapes with no measured step in this process first trains one
+#: measured step at a batch fitted to this share of the budget
+PROBE_BUDGET_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class BatchBudget:
         self.fresh_optimizer = True  # its state appears in the first step: measure the second
         self.window = None  # the round's RSS window (fedprune.memory.resident.open_round)
         self.fit_state = (0, 0)  # (RSS held over the round's baseline, live tensor bytes) at the last fit
+        self.probing = False  # the next full step is measured, then the batch is refitted
 
     # -- what the methods add ---------------------------------------------------------------
     def kept_bytes(self) -> int:
@@ -102,8 +111,9 @@ class BatchBudget:
         return ReferenceStep(tuple(a for a in additions if a is not None))
 
     # -- batch and learning rate ------------------------------------------------------------
-    def fit_batch(self) -> int:
-        """Largest batch that fits the budget (0 if none), or ``cfg.batch_size`` without one.
+    def fit_batch(self, share: float = 1.0) -> int:
+        """Largest batch that fits the budget (0 if none), or ``cfg.batch_size`` without one;
+        ``share`` < 1 fits to that share of the budget.
 
         The budget is reduced by what the methods keep and turned into a tensor budget by the
         resident-memory model (``RESIDENT.tensor_budget``: fixed costs and allocator slope measured
@@ -113,8 +123,8 @@ class BatchBudget:
         ctx, cfg = self.ctx, self.ctx.cfg
         if ctx.budget_bytes is None:
             return cfg.batch_size
-        budget = RESIDENT.tensor_budget(int(ctx.budget_bytes) - self.kept_bytes(), self.calibration,
-                                        held_bytes(self.window), self.live_bytes())
+        budget = RESIDENT.tensor_budget(int(share * int(ctx.budget_bytes)) - self.kept_bytes(), self.calibration,
+                                        held_bytes(self.window), self.live_bytes(), structure_key(ctx.model))
         if budget <= 0:
             return 0
         n = max(1, len(ctx.train_x))  # a batch larger than the data set buys nothing
@@ -160,13 +170,27 @@ class BatchBudget:
         self.predicted = self.predicted_peak(ctx.batch_size)
         self.report.record_prediction(self.predicted, ctx.batch_size)
 
+    def probed(self, batch: int) -> int:
+        """``batch``, or the smaller batch of a probe: where the model's layer shapes have no
+        measured step in this process (resident model on, with a budget), the next full step is
+        measured at the batch that ran before them (it fitted a larger model) or, at the round's
+        start, at one fitted to ``PROBE_BUDGET_SHARE`` of the budget; the batch is refitted after it."""
+        ctx = self.ctx
+        if (not RESIDENT.enabled or ctx.budget_bytes is None or self.window is None
+                or RESIDENT.structure_measured(ctx.model)):
+            return batch
+        self.probing = True
+        probe = ctx.batch_size if self.batches else self.fit_batch(PROBE_BUDGET_SHARE)
+        return max(1, min(batch, max(int(ctx.cfg.min_batch), int(probe))))
+
     def refit(self) -> None:
-        """Refit the batch to the budget for the current model and trainable set (no budget: keep)."""
+        """Refit the batch to the budget for the current model and trainable set (no budget: keep),
+        capped by a probe (:meth:`probed`) on unmeasured layer shapes."""
         ctx = self.ctx
         ctx.refit_batch = False
         if ctx.budget_bytes is not None:
             b = self.fit_batch()
-            self.set_batch(b if b else ctx.cfg.min_batch)
+            self.set_batch(self.probed(b if b else ctx.cfg.min_batch))
         else:
             self.set_batch(ctx.batch_size)
 
@@ -178,7 +202,8 @@ class BatchBudget:
         if not RESIDENT.enabled or ctx.budget_bytes is None or self.window is None:
             return
         transient = max(0, self.predicted - self.live_bytes())
-        if held_bytes(self.window) + RESIDENT.fixed_bytes + RESIDENT.slope * transient > ctx.budget_bytes:
+        slope = RESIDENT.slope_for(structure_key(ctx.model))
+        if held_bytes(self.window) + RESIDENT.fixed_bytes + slope * transient > ctx.budget_bytes:
             b = self.fit_batch()
             if b < ctx.batch_size:
                 self.set_batch(max(b, ctx.cfg.min_batch))
@@ -187,6 +212,8 @@ class BatchBudget:
     def should_measure(self, batch: int, steps: int) -> bool:
         """Whether the next step (of ``batch`` samples, after ``steps`` steps) is measured."""
         ctx = self.ctx
+        if self.probing:
+            return batch == ctx.batch_size
         return (ctx.need_measure and not self.fresh_optimizer and batch == ctx.batch_size) or (
             ctx.cfg.measure_every > 0 and steps % ctx.cfg.measure_every == 0)
 
@@ -209,8 +236,10 @@ class BatchBudget:
         self.report.record_measurement(peak, tracker.rss_bytes, batch_size=len(xb), step=steps)
         ctx.need_measure = False
         if self.predicted and len(xb) == ctx.batch_size:
-            RESIDENT.observe(physical, self.predicted - live, held)
+            RESIDENT.observe(physical, self.predicted - live, held, structure_key(ctx.model))
             RESIDENT.observe_retained(held - self.fit_state[0], live - self.fit_state[1])
+            if self.probing:
+                self.probing, ctx.refit_batch = False, True
             if peak > self.predicted:
                 self.calibration = max(self.calibration, peak / self.predicted)
         if ctx.budget_bytes is not None and peak > ctx.budget_bytes:

@@ -48,7 +48,7 @@ def _start(trainer: LocalTrainer, batch: int) -> None:
     ctx = trainer.ctx
     ctx.batch_size = batch
     trainer.build_optimizer()
-    trainer.budget.set_batch(batch)
+    trainer.budget.set_batch(trainer.budget.probed(batch))
     for m in trainer.methods:
         m.begin(ctx)
     trainer.dense_reference_flops = _dense_reference_flops(ctx.graph, trainer.example())

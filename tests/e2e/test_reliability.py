@@ -1,10 +1,9 @@
-"""Reliability in real simulations: injected client faults, and kill-and-resume."""
+"""Reliability in real simulations: injected client faults, and what ``--resume`` refuses (stop and
+resume of a live run: test_stop_resume.py)."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -73,41 +72,6 @@ def test_every_fault_kind_is_a_counted_failure_and_never_poisons(tmp_path):
         assert np.isfinite(row["accuracy"]) and row["accuracy"] > 0.2, row["accuracy"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["client_failures"] == sum(len(r["failures"]) for r in rows)
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    cfg = tmp_path / "resume.toml"
-    rounds = 6  # SIGTERM lands after round 1; the rounds left are the margin for it to take effect
-    cfg.write_text(small_run_config("resume", rounds, 3, seed=3, samples=240))
-    straight = tmp_path / "straight"
-    proc = simulate(str(cfg), "--out", str(straight))
-    assert proc.returncode == 0, proc.stderr
-
-    killed = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "fedprune.cli", "simulate", str(cfg), "--out", str(killed)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while len(read_metrics(killed)) < 1 and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.5)
-    assert p.poll() is None, "run finished before it could be killed"
-    p.send_signal(signal.SIGTERM)
-    p.communicate(timeout=120)
-    assert not (killed / "summary.json").exists()
-    done = len(read_metrics(killed))
-    assert 1 <= done < rounds
-
-    proc = simulate("--resume", str(killed))
-    assert proc.returncode == 0, proc.stderr + (killed / "flwr.log").read_text()[-3000:]
-    a, b = read_metrics(straight), read_metrics(killed)
-    assert [r["round"] for r in b] == list(range(1, rounds + 1))
-    for ra, rb in zip(a, b):
-        assert ra["accuracy"] == pytest.approx(rb["accuracy"], abs=1e-6)
-        assert ra["params_alive"] == rb["params_alive"]
-    sa = json.loads((straight / "summary.json").read_text())
-    sb = json.loads((killed / "summary.json").read_text())
-    assert sa["final_accuracy"] == pytest.approx(sb["final_accuracy"], abs=1e-6)
-    assert sa["final_params"] == sb["final_params"]
 
 
 def test_resume_refuses_a_finished_or_foreign_folder(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from fedprune.memory import process
-from fedprune.memory.resident import ResidentModel, close_round, open_round
+from fedprune.memory.resident import MAX_SLOPE, ResidentModel, close_round, open_round
 
 MIB = 2**20
 
@@ -48,13 +48,20 @@ def test_resident_model_reserves_fixed_cost_and_slope_only_when_enabled():
 
 def test_resident_model_learns_what_a_step_and_the_round_hold_beyond_the_prediction():
     m = ResidentModel(fixed_bytes=0, slope=1.0, enabled=True)
-    m.observe(12 * MIB, 4 * MIB, 6 * MIB)  # 2 MiB more than held + slope * new tensors
-    assert m.fixed_bytes == 2 * MIB
-    m.observe(8 * MIB, 4 * MIB, 4 * MIB)  # as predicted: nothing to learn
-    assert m.fixed_bytes == 2 * MIB
+    wide, narrow = ((16, 1, 5, 5),), ((9, 1, 5, 5),)
+    m.observe(10 * MIB, 4 * MIB, 6 * MIB, wide)  # as predicted: the warm-up's slope holds
+    assert m.slopes[wide] == 1.0 and m.fixed_bytes == 0
+    m.observe(11 * MIB, 4 * MIB, 6 * MIB, narrow)  # 1 MiB more, on other layer shapes: their slope
+    assert m.slopes[narrow] == 1.25 and m.fixed_bytes == 0
+    assert m.slope_for(wide) == 1.0 and m.slope_for(((3, 1, 5, 5),)) == 1.25  # unmeasured: the largest
+    assert m.tensor_budget(20 * MIB, key=narrow) == 16 * MIB and m.tensor_budget(20 * MIB, key=wide) == 20 * MIB
+    m.observe(8 * MIB, 2 * MIB, 6 * MIB, narrow)  # a step that needs less never lowers a slope
+    assert m.slopes[narrow] == 1.25
+    m.observe(10 * MIB, 1 * MIB, 6 * MIB, wide)  # 4 MiB for 1 MiB of tensors: slope capped, rest fixed
+    assert m.slopes[wide] == MAX_SLOPE and m.fixed_bytes == 2 * MIB
     m.observe_retained(5 * MIB, 3 * MIB)  # 2 MiB held between steps beyond the new live tensors
     assert m.retained_bytes == 2 * MIB
-    assert m.tensor_budget(20 * MIB) == 16 * MIB
+    assert m.tensor_budget(20 * MIB, key=wide) == 8 * MIB  # (20 - 2 fixed - 2 retained) / 2
 
 
 def test_round_metrics_flag_a_physical_violation():
@@ -73,7 +80,9 @@ def test_counting_nonzero_parameters_needs_no_memory_of_the_model_size():
     from fedprune.train.metrics import nonzero_params
 
     model = torch.nn.Linear(2000, 1000)  # 2 M parameters, 8 MB
-    with torch.no_grad():
+    with torch.no_grad():  # no exact zeros but the chosen ones (a random init can draw a 0.0)
+        model.weight.fill_(0.5)
+        model.bias.fill_(-0.5)
         model.weight[:, ::2] = 0
     w = process.PeakWindow().start()
     assert nonzero_params(model) == 1000 * 1000 + 1000
