@@ -13,7 +13,9 @@ from fedprune.study.sizing import sweep_size
 from fedprune.study.sweep import expand, load_sweep
 
 CONFIGS = ROOT / "sim_configs"
-PARTS = {"upper": 4, "iid_tight": 10, "dirichlet": 8, "iid_middle": 10, "generous": 2}
+PARTS = {"upper": 2, "upper_dirichlet": 2, "iid_tight": 10, "dirichlet": 8, "iid_middle": 10, "generous": 2}
+DIRICHLET_ROUNDS = 30  # the Dirichlet parts (FedAvg, the baselines, DynHP quorum) train longer
+ROUNDS = {part: DIRICHLET_ROUNDS if "dirichlet" in part else None for part in PARTS}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,9 @@ def test_sweeps_cover_the_study_and_sizing_adds_up(base):
         assert len(plans) == runs and {p.config.run.seed for p in plans} == {0, 1}
         assert load_sweep(path).out_dir.startswith("results/sweeps/study-converged/")
         size = sweep_size(path, round_seconds=10.0, startup_seconds=5.0)
-        assert size.runs == runs and size.rounds == runs * base.run.num_rounds
+        rounds = ROUNDS[part] or base.run.num_rounds
+        assert {p.config.run.num_rounds for p in plans} == {rounds}
+        assert size.runs == runs and size.rounds == runs * rounds
         assert size.seconds == pytest.approx(size.rounds * 10.0 + runs * 5.0)
         total += runs
     methods = {p.config.methods.enabled for part in PARTS
@@ -65,7 +69,8 @@ def test_sizing_table_totals():
 
     files = [CONFIGS / f"study_converged_{p}_sweep.toml" for p in PARTS]
     text = sizing_markdown(files, round_seconds=36.0, startup_seconds=0.0)
-    rounds = sum(PARTS.values()) * load_config(CONFIGS / "study_converged.toml").run.num_rounds
+    base_rounds = load_config(CONFIGS / "study_converged.toml").run.num_rounds
+    rounds = sum(runs * (ROUNDS[part] or base_rounds) for part, runs in PARTS.items())
     assert f"| total | {sum(PARTS.values())} | {rounds} | {rounds * 36 / 3600:.2f} |" in text
 
 
@@ -82,3 +87,14 @@ def test_the_study_archive_is_not_git_ignored():
         res = subprocess.run(["git", "check-ignore", "-v", "--no-index", path], cwd=ROOT,
                              capture_output=True, text=True)
         assert res.returncode == 1, f"{path} is git-ignored: {res.stdout.strip()}"
+
+
+def test_every_dirichlet_part_trains_as_long_as_its_fedavg_upper_bound():
+    """The report compares runs of one partitioner with its FedAvg runs: equal rounds, or the
+    comparison would mix training lengths."""
+    for path in CONFIGS.glob("study_converged_*_sweep.toml"):
+        plans = expand(load_sweep(path))
+        for p in plans:
+            want = DIRICHLET_ROUNDS if p.config.data.partitioner == "dirichlet" else load_config(
+                CONFIGS / "study_converged.toml").run.num_rounds
+            assert p.config.run.num_rounds == want, (path.name, p.id)
