@@ -106,16 +106,50 @@ def neuron_outputs(out: torch.Tensor, max_spatial: int) -> torch.Tensor:
     return out.transpose(0, 1).reshape(c, -1)
 
 
+def cosine_from_sums(dot: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
+    """Cosine similarity from per-row sums ``a.b``, ``|a|^2`` and ``|b|^2``; 1 when both rows are
+    zero, 0 when exactly one is."""
+    na, nb = np.sqrt(np.asarray(sq_a, np.float64)), np.sqrt(np.asarray(sq_b, np.float64))
+    out = np.where((na > 0) & (nb > 0), np.asarray(dot, np.float64) / np.maximum(na * nb, 1e-300), 0.0)
+    out = np.where((na == 0) & (nb == 0), 1.0, out)
+    return np.clip(out, -1.0, 1.0)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity; 1 when both rows are zero, 0 when exactly one is."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    dot = (a * b).sum(axis=1)
-    out = np.where((na > 0) & (nb > 0), dot / np.maximum(na * nb, 1e-300), 0.0)
-    out = np.where((na == 0) & (nb == 0), 1.0, out)
-    return np.clip(out, -1.0, 1.0)
+    return cosine_from_sums((a * b).sum(axis=1), (a * a).sum(axis=1), (b * b).sum(axis=1))
+
+
+class OutputComparison:
+    """One group's outputs on the validation subset, compared with the stored ones chunk by chunk.
+
+    ``stored`` is the group's ``(dense_size, D)`` float16 record of the last evaluation (``D`` =
+    samples x pooled positions, module by module), or ``None`` when there is none of that shape; it
+    is overwritten in place, column block by column block, as each chunk's outputs arrive, so an
+    evaluation holds the record plus one chunk's outputs and never a second copy of the record.
+    """
+
+    def __init__(self, alive: np.ndarray, stored: np.ndarray | None, dense_size: int, width: int):
+        self.alive = np.asarray(alive)
+        self.comparable = stored is not None and stored.shape == (dense_size, width)
+        self.record = stored if self.comparable else np.zeros((dense_size, width), dtype=np.float16)
+        self.sums = np.zeros((3, len(self.alive)))  # a.b, |a|^2, |b|^2 per alive neuron
+
+    def add(self, cur: torch.Tensor, start: int) -> None:
+        """Columns ``start ..`` of the alive neurons' outputs: ``cur`` is ``(alive, columns)``."""
+        cols = np.arange(start, start + cur.shape[1])
+        block = np.ix_(self.alive, cols)
+        a = cur.double().numpy()
+        if self.comparable:
+            b = self.record[block].astype(np.float64)
+            self.sums += np.stack([(a * b).sum(axis=1), (a * a).sum(axis=1), (b * b).sum(axis=1)])
+        self.record[block] = cur.numpy().astype(np.float16)
+
+    def similarity(self) -> np.ndarray | None:
+        """Per alive neuron the cosine similarity with the stored outputs (``None``: nothing stored)."""
+        return cosine_from_sums(*self.sums) if self.comparable else None
 
 
 class NEq(Method):
@@ -196,26 +230,28 @@ class NEq(Method):
                        for g, site in ctx.sites.items())
         return int(max(actual, expected))
 
+    def _module_groups(self, ctx) -> dict[str, list[tuple[str, torch.Tensor]]]:
+        """Output module name -> ``[(group, positions), ...]`` of the groups whose neurons it outputs."""
+        by_module: dict[str, list[tuple[str, torch.Tensor]]] = {}
+        for g, site in ctx.sites.items():
+            for mname, pos in site.outputs:
+                by_module.setdefault(mname, []).append((g, pos))
+        return by_module
+
     @torch.no_grad()
-    def _output_positions(self, ctx) -> dict[str, int]:
-        """Pooled positions per neuron of every group's outputs (one eval forward of one sample)."""
+    def _module_positions(self, ctx) -> dict[str, int]:
+        """Pooled positions per neuron and sample of every output module (one eval forward of one sample)."""
         pos: dict[str, int] = {}
         modules = dict(ctx.model.named_modules())
         handles = []
 
-        def hook(groups):
+        def hook(mname):
             def fn(mod, inp, out):
-                per = neuron_outputs(out.detach()[:1].float(), self.cfg.max_spatial).shape[1]
-                for g in groups:
-                    pos[g] = pos.get(g, 0) + int(per)
+                pos[mname] = int(neuron_outputs(out.detach()[:1].float(), self.cfg.max_spatial).shape[1])
             return fn
 
-        by_module: dict[str, list[str]] = {}
-        for g, site in ctx.sites.items():
-            for mname, _ in site.outputs:
-                by_module.setdefault(mname, []).append(g)
-        for mname, groups in by_module.items():
-            handles.append(modules[mname].register_forward_hook(hook(groups)))
+        for mname in self._module_groups(ctx):
+            handles.append(modules[mname].register_forward_hook(hook(mname)))
         was_training = ctx.model.training
         ctx.model.eval()
         try:
@@ -226,48 +262,68 @@ class NEq(Method):
             ctx.model.train(was_training)
         return pos
 
+    def _output_positions(self, ctx) -> dict[str, int]:
+        """Pooled positions per neuron and sample of every group (its output modules' summed)."""
+        per_module = self._module_positions(ctx)
+        pos: dict[str, int] = {}
+        for mname, entries in self._module_groups(ctx).items():
+            for g, _ in entries:
+                pos[g] = pos.get(g, 0) + per_module.get(mname, 0)
+        return pos
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _collect_outputs(self, ctx) -> dict[str, np.ndarray]:
-        """Outputs ``(alive, D)`` of every site's neurons on the fixed validation subset.
+    def _compare_outputs(self, ctx) -> dict[str, np.ndarray | None]:
+        """One eval pass over the fixed validation subset, in chunks of ``ctx.eval_batch``: per group
+        the alive neurons' cosine similarity with the stored outputs (``None`` where none of this
+        layout are stored), and ``self.prev`` replaced by the current outputs (float16).
 
-        A group with several output modules (residual stream, depthwise pairs) concatenates them.
+        A group's columns are its output modules in turn, each ``samples x positions`` wide (a
+        group with several output modules -- residual stream, depthwise pairs -- concatenates them).
         """
         x = ctx.val_x[: self.cfg.val_samples]
-        by_module: dict[str, list[tuple[str, torch.Tensor]]] = {}
-        for g, site in ctx.sites.items():
-            for mname, pos in site.outputs:
-                by_module.setdefault(mname, []).append((g, pos))
-        chunks: dict[str, dict[str, list[torch.Tensor]]] = {}
+        samples = len(x)
+        by_module = self._module_groups(ctx)
+        per_module = self._module_positions(ctx)
+        offsets: dict[tuple[str, str], int] = {}
+        width: dict[str, int] = {}
+        for mname, entries in by_module.items():
+            for g, _ in entries:
+                offsets[(g, mname)] = width.get(g, 0)
+                width[g] = width.get(g, 0) + samples * per_module[mname]
+        comparisons = {g: OutputComparison(ctx.sites[g].alive, self.prev.get(g), ctx.sites[g].dense_size, w)
+                       for g, w in width.items()}
         modules = dict(ctx.model.named_modules())
-        handles = []
+        chunk_start = [0]
 
         def hook(mname, entries):
             def fn(mod, inp, out):
                 o = neuron_outputs(out.detach().float(), self.cfg.max_spatial)
+                skip = chunk_start[0] * per_module[mname]  # columns of the chunks before this one
                 for g, pos in entries:
-                    chunks.setdefault(g, {}).setdefault(mname, []).append(o.index_select(0, pos))
+                    comparisons[g].add(o.index_select(0, pos), offsets[(g, mname)] + skip)
             return fn
 
-        for mname, entries in by_module.items():
-            handles.append(modules[mname].register_forward_hook(hook(mname, entries)))
+        handles = [modules[m].register_forward_hook(hook(m, e)) for m, e in by_module.items()]
         was_training = ctx.model.training
         ctx.model.eval()
         try:
             bs = max(1, int(ctx.eval_batch))
-            for i in range(0, len(x), bs):
+            for i in range(0, samples, bs):
+                chunk_start[0] = i
                 ctx.model(x[i: i + bs])
         finally:
             for h in handles:
                 h.remove()
             ctx.model.train(was_training)
-        return {g: torch.cat([torch.cat(c, dim=1) for c in per_mod.values()], dim=1).numpy()
-                for g, per_mod in chunks.items()}
+        for g, c in comparisons.items():
+            self.prev[g] = c.record
+        return {g: c.similarity() for g, c in comparisons.items()}
 
     def _evaluate(self, ctx) -> None:
-        outs = self._collect_outputs(ctx)
+        similarities = self._compare_outputs(ctx)
         self.evals += 1
-        for g, cur in outs.items():
+        for g, phi in similarities.items():
             site = ctx.sites[g]
             n = site.dense_size
             alive = site.alive
@@ -277,9 +333,7 @@ class NEq(Method):
                 self.frozen[g] = np.zeros(n, dtype=bool)
                 self.nphi[g] = np.zeros(n, dtype=np.int64)
             nphi = self._nphi(g)
-            prev = self.prev.get(g)
-            if prev is not None and prev.shape == (n, cur.shape[1]):
-                phi = cosine_rows(cur, prev[alive].astype(np.float32))
+            if phi is not None:
                 v = velocity_step(phi, self.phi[g][alive], self.vel[g][alive], self.cfg.mu_eq)
                 self.phi[g][alive] = phi
                 self.vel[g][alive] = v
@@ -287,15 +341,13 @@ class NEq(Method):
                 # a velocity needs two similarities: the first one alone (v = phi - 0) is no equilibrium
                 self.frozen[g][alive] = (np.abs(v) < self.cfg.eps) & (nphi[alive] >= 2)
             else:  # first look at this group (or the validation subset changed): record only
-                prev = np.zeros((n, cur.shape[1]), dtype=np.float16)
                 self.frozen[g][:] = False
                 nphi[:] = 0
-            prev[alive] = cur.astype(np.float16)
-            self.prev[g] = prev
             dead = np.ones(n, dtype=bool)
             dead[alive] = False
+            self.prev[g][dead] = 0  # a revived neuron starts over from zeros
             self.frozen[g][dead] = False
-            nphi[dead] = 0  # a revived neuron starts over (its stored outputs are zeros)
+            nphi[dead] = 0
 
     def _draw(self, ctx) -> None:
         """Stochastic control: every alive neuron is frozen for the epoch with probability ``p``."""

@@ -15,6 +15,11 @@ instance attribute, removed by :func:`uninstall`) by an autograd function whose 
 The replacement forward is a bound method of the module, so ``copy.deepcopy`` (the memory
 estimate's model copy) re-binds it to the copy.
 
+A backward that wants activation gradients only -- SeReNe's eq. 2 pass, one batched backward over
+the ``C`` output directions (``vmap``) -- runs inside :func:`activation_grads_only`: there the
+backward computes the input gradient alone and returns no weight or bias gradient (nobody asked for
+them, and the in-place row fill of an unbatched gradient cannot take batched rows).
+
 The CPU weight-gradient kernels (oneDNN convolution, BLAS matmul) work on blocks of ``ROW_BLOCK``
 output rows: computing 10 or 16 rows of a 16-row layer takes the same time (``bench/bench_neq.py``
 measures the curve, ``row_block_curve`` in ``bench/results/neq.json``). :func:`saves_a_block` says
@@ -24,7 +29,10 @@ would only add its own overhead (an output-gradient slice and a Python backward)
 
 from __future__ import annotations
 
+import threading
 import types
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +40,25 @@ from torch import nn
 
 _ATTR = "_partial_grad"
 ROW_BLOCK = 8  # float32 rows per SIMD block of the CPU weight-gradient kernels (AVX2: 8)
+
+
+_MODE = threading.local()
+
+
+@contextmanager
+def activation_grads_only() -> Iterator[None]:
+    """Inside: the partial-path layers' backward computes input gradients only (no weight or bias
+    gradient), for a backward that asks for gradients of activations."""
+    was = getattr(_MODE, "activations_only", False)
+    _MODE.activations_only = True
+    try:
+        yield
+    finally:
+        _MODE.activations_only = was
+
+
+def _weight_grads_wanted() -> bool:
+    return not getattr(_MODE, "activations_only", False)
 
 
 def saves_a_block(n_active: int, n_rows: int, block: int = ROW_BLOCK) -> bool:
@@ -64,6 +91,8 @@ class _ActiveRowsConv2d(torch.autograd.Function):
         conv = torch.ops.aten.convolution_backward
         if ctx.needs_input_grad[0]:
             gx = conv(go, x, w, None, stride, padding, dilation, False, [0, 0], 1, [True, False, False])[0]
+        if not _weight_grads_wanted():
+            return gx, None, None, None, None, None, None, None
         go_a = go.index_select(1, active)
         if ctx.needs_input_grad[1]:
             w_a = w.narrow(0, 0, len(active))  # only its shape matters for the weight gradient
@@ -89,6 +118,8 @@ class _ActiveRowsLinear(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = go.matmul(w)
+        if not _weight_grads_wanted():
+            return gx, None, None, None, None
         go_a = go.index_select(-1, active).reshape(-1, len(active))
         if ctx.needs_input_grad[1]:
             gw = _fill_rows(w, active, go_a.t().matmul(x.reshape(-1, x.shape[-1])), decay)

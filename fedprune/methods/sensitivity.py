@@ -14,6 +14,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from fedprune.methods.partial_grad import activation_grads_only
+
 
 def eq2_sensitivity(y: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Tensor]:
     """``(1/C) sum_k mean_{batch, positions} |dy_k / da|`` per channel (dim 1) of every tensor in ``acts``.
@@ -25,8 +27,9 @@ def eq2_sensitivity(y: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Ten
     c = int(y.shape[1])
     eye = torch.eye(c, dtype=y.dtype, device=y.device)
     directions = eye.unsqueeze(1).expand(c, *y.shape).contiguous()  # (C, B, C): one-hot output k
-    grads = torch.autograd.grad(y, acts, grad_outputs=directions, is_grads_batched=True,
-                                retain_graph=True, allow_unused=True)
+    with activation_grads_only():  # NEq's partial-gradient layers: no weight gradients in this pass
+        grads = torch.autograd.grad(y, acts, grad_outputs=directions, is_grads_batched=True,
+                                    retain_graph=True, allow_unused=True)
     out = []
     for a, g in zip(acts, grads):
         if g is None:

@@ -130,7 +130,7 @@ def test_host_state_is_counted_from_the_start(lenet):
     assert neq.prev["conv1"].shape == (20, 32 * 16) and neq.prev["conv1"].dtype == np.float16
 
 
-def _neq_ctx(lenet, eps):
+def _neq_ctx(lenet, eps, samples=32):
     from types import SimpleNamespace
 
     from fedprune.methods.config import NEqConfig
@@ -140,11 +140,11 @@ def _neq_ctx(lenet, eps):
     dense, graph = lenet
     mask = NeuronMask.full(graph)
     model = graph.compact(dense, mask)
-    x, _ = synthetic(32)
+    x, _ = synthetic(samples)
     ctx = SimpleNamespace(model=model, sites=build_sites(graph, model, mask), val_x=x, eval_batch=16,
                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), frozen_fraction={},
                           costs_changed=lambda: None)
-    return NEq(NEqConfig(eps=eps, val_samples=32, max_spatial=4)), ctx
+    return NEq(NEqConfig(eps=eps, val_samples=samples, max_spatial=4)), ctx
 
 
 def test_first_similarity_alone_never_freezes(lenet):
@@ -198,3 +198,80 @@ def test_metrics_name_the_gradient_path_that_ran(lenet):
                         {"neq": {"mode": "stochastic", "stochastic_p": 1.0, "val_samples": 16}}, None).metrics
     assert whole["neq_partial_grad_layer_epochs"] == 0
     assert whole["neq_no_grad_param_epochs"] > 0
+
+
+def _full_outputs(ctx, neq):
+    """Each group's outputs on the whole validation subset in one forward: the definition."""
+    outs = {}
+    modules = dict(ctx.model.named_modules())
+    handles = []
+    for g, site in ctx.sites.items():
+        for mname, pos in site.outputs:
+            def fn(mod, inp, out, g=g, pos=pos):
+                outs.setdefault(g, []).append(neuron_outputs(out.detach().float(), neq.cfg.max_spatial).index_select(0, pos))
+            handles.append(modules[mname].register_forward_hook(fn))
+    ctx.model.eval()
+    with torch.no_grad():
+        ctx.model(ctx.val_x[: neq.cfg.val_samples])
+    for h in handles:
+        h.remove()
+    return {g: torch.cat(v, dim=1).numpy() for g, v in outs.items()}
+
+
+def test_chunked_evaluation_is_the_cosine_of_the_whole_outputs(lenet):
+    """Chunks of 5 samples (not a divisor of 32) give phi = cos(outputs now, outputs before) of the
+    whole validation subset, and the record is the float16 outputs."""
+    neq, ctx = _neq_ctx(lenet, eps=1e-9)
+    ctx.eval_batch = 5
+    neq.epoch_start(ctx)
+    before = _full_outputs(ctx, neq)
+    for g, rec in neq.prev.items():
+        # chunked and whole-batch kernels may round differently: equal to float16 precision
+        assert np.allclose(rec.astype(np.float32), before[g], rtol=2e-3, atol=1e-4), g
+    with torch.no_grad():  # move every layer a little
+        for p in ctx.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after = _full_outputs(ctx, neq)
+    neq.epoch_start(ctx)
+    for g, phi in neq.phi.items():
+        want = cosine_rows(after[g], before[g].astype(np.float16).astype(np.float32))
+        assert phi == pytest.approx(want, abs=1e-4), g
+        assert np.allclose(neq.prev[g].astype(np.float32), after[g], rtol=2e-3, atol=1e-4), g
+    neq.detach(ctx)
+
+
+def test_an_evaluation_holds_the_record_and_one_chunk_not_copies_of_it(lenet):
+    """The host memory an evaluation adds beyond NEq's budgeted state is one chunk's forward and
+    outputs (numpy and torch CPU allocations are both seen by tracemalloc), not the whole subset's
+    outputs in float32 and float64 beside the record."""
+    import tracemalloc
+
+    neq, ctx = _neq_ctx(lenet, eps=1e-9, samples=256)
+    neq.cfg = NEqConfig(eps=1e-9, val_samples=256, max_spatial=8)
+    ctx.eval_batch = 4
+    neq.epoch_start(ctx)  # the record exists from here on
+    record = sum(a.nbytes for a in neq.prev.values())
+    tracemalloc.start()
+    try:
+        neq.epoch_start(ctx)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert record > 2_000_000 and peak < 0.25 * record, (peak, record)
+    neq.detach(ctx)
+
+
+def test_serene_and_neq_train_together_once_neurons_freeze(lenet):
+    """The pipeline's pair: once NEq freezes rows (epoch 3 on), SeReNe's eq. 2 pass goes through the
+    partial-gradient layers every step, and training goes on."""
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    x, y = synthetic(96, seed=2)
+    data = ClientData(x[:64], y[:64], x[64:], y[64:])
+    cfg = TrainConfig(epochs=4, lr=0.02, batch_size=16)
+    res = train_local(graph.compact(dense, mask), mask, graph, data, cfg, "serene+neq",
+                      {"neq": {"eps": 0.05, "val_samples": 16, "mode": "stochastic", "stochastic_p": 0.5},
+                       "serene": {"lmbda": 1e-3}}, None)
+    m = res.metrics
+    assert m["neq_partial_grad_layer_epochs"] > 0 and m["neq_frozen_frac"] > 0
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())

@@ -147,3 +147,29 @@ def test_frozen_rows_that_fill_no_block_use_a_hook_and_save_no_flops():
     assert (model.conv1.weight.grad[:3] == 0).all() and (model.conv1.weight.grad[3:] != 0).any()
     assert (model.conv2.weight.grad[::2] == 0).all()
     neq.detach(ctx)
+
+
+def test_serene_eq2_pass_runs_through_partial_gradient_layers_unchanged():
+    """SeReNe's batched eq. 2 backward (vmap over the C outputs) through NEq's partial-path layers
+    gives the sensitivities of the plain layers, and a training backward after it still gets the
+    partial weight gradients."""
+    from fedprune.methods.sensitivity import neuron_sensitivity
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", seed=0)
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    outputs = {"conv1": [("conv1", None)], "conv2": [("conv2", None)], "fc1": [("fc1", None)]}
+    plain = neuron_sensitivity(model, x, outputs)
+    dense = _grads(model, x, y)
+    active = {"conv2": torch.arange(0, 50, 2), "fc1": torch.arange(0, 500, 3)}
+    for name, rows in active.items():
+        partial_grad.install(getattr(model, name), rows)
+    part = neuron_sensitivity(model, x, outputs)
+    for g in plain:
+        assert torch.allclose(part[g], plain[g], rtol=1e-5, atol=1e-8), g
+    grads = _grads(model, x, y)
+    for name, rows in active.items():
+        g, d = grads[name + ".weight"], dense[name + ".weight"]
+        assert torch.allclose(g.index_select(0, rows), d.index_select(0, rows), rtol=1e-4, atol=1e-6)
+        frozen = torch.tensor(sorted(set(range(g.shape[0])) - set(rows.tolist())))
+        assert float(g.index_select(0, frozen).abs().max()) == 0.0
