@@ -4,8 +4,10 @@ Both runs use `sim_configs/pipeline.toml` (the quickstart fleet, DynHP aiming at
 rounds, budgets) and differ only in `methods.enabled`; every seed of ``--seeds`` (``run.seed``: model
 init, partition, client sampling) runs both. Figures are ratios pruned / FedAvg per seed, then mean
 and std over seeds: wall time, final parameters, final ONNX file size, upload bytes, and the accuracy
-gap in points. Targets (means): >= 10x fewer final params, <= 1 point accuracy gap, total upload
-<= 0.5x of dense FedAvg, wall time < 1.0x (timed on a shared machine: the load average is recorded).
+gap in points; per arm also the kernel's judgement of the budgets (the worst RSS peak of a
+client-round over its training budget, and the client-rounds above it). Targets (means): >= 10x
+fewer final params, <= 1 point accuracy gap, total upload <= 0.5x of dense FedAvg, wall time < 1.0x
+(timed on a shared machine: the load average is recorded).
 
 Usage: python bench/bench_pipeline.py [--quick] [--config FILE] [--seeds 0,1,2]
 """
@@ -32,7 +34,22 @@ KEYS = ("final_accuracy", "final_params", "dense_params", "compression", "neuron
         "upload_bytes_total", "dense_upload_bytes_total", "download_bytes_total",
         "budget_violations", "client_failures", "final_flops")
 NUMERIC = ("final_accuracy", "final_params", "final_flops", "onnx_bytes", "upload_bytes_total",
-           "download_bytes_total", "wall_seconds", "budget_violations", "client_failures")
+           "download_bytes_total", "wall_seconds", "budget_violations", "client_failures",
+           "physical_peak_over_budget_max", "physical_violations")
+
+
+def physical_figures(metrics_file: Path) -> dict:
+    """The kernel's view of every budgeted client-round of a run (``metrics.jsonl``): the worst RSS
+    peak over its training budget, and how many client-rounds' peaks exceeded the budget."""
+    worst, violations = None, 0
+    for line in metrics_file.read_text().splitlines():
+        for c in json.loads(line).get("clients", []):
+            peak, budget = c.get("physical_peak_bytes"), c.get("budget_bytes")
+            if peak is None or not budget:
+                continue
+            worst = max(worst or 0.0, peak / budget)
+            violations += int(peak > budget)
+    return {"physical_peak_over_budget_max": worst, "physical_violations": violations}
 
 
 def run(cfg, work: Path, label: str) -> dict:
@@ -50,7 +67,7 @@ def run(cfg, work: Path, label: str) -> dict:
     s = json.loads((out / "summary.json").read_text())
     onnx = out / "final_model.onnx"
     return {"wall_seconds": wall, "onnx_bytes": onnx.stat().st_size if onnx.exists() else None,
-            **{k: s[k] for k in KEYS}}
+            **physical_figures(out / "metrics.jsonl"), **{k: s[k] for k in KEYS}}
 
 
 def ratios(fedavg: dict, pruned: dict) -> dict:

@@ -92,7 +92,9 @@ def pipeline_section(d: dict, fig_dir: Path) -> str:
             ("final forward FLOPs / sample", "final_flops", 1.0, "{:,.0f}"),
             ("final model ONNX file (bytes)", "onnx_bytes", 1.0, "{:,.0f}"),
             ("upload bytes (all rounds)", "upload_bytes_total", 1.0, "{:,.0f}"),
-            ("wall seconds", "wall_seconds", 1.0, "{:.1f}"), ("budget violations", "budget_violations", 1.0, "{:.1f}")]
+            ("wall seconds", "wall_seconds", 1.0, "{:.1f}"), ("budget violations", "budget_violations", 1.0, "{:.1f}"),
+            ("worst physical peak / budget (kernel RSS, any client-round)", "physical_peak_over_budget_max", 1.0, "{:.3f}"),
+            ("client-rounds over budget (kernel RSS)", "physical_violations", 1.0, "{:.1f}")]
     rows = [(label, _pm(f, k, sc, fmt), _pm(p, k, sc, fmt)) for label, k, sc, fmt in keys]
     rows.append(("neurons per layer (each seed)", ", ".join(str(r.get("fedavg", {}).get("neurons_per_layer"))
                                                            for r in d.get("runs", [])[:1]) or "n/a",

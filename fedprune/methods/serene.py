@@ -22,8 +22,9 @@ Neuron pruning. At the end of an epoch the PWE trigger may fire; then each neuro
 threshold ``T``: the largest ``T`` whose removal of every neuron below it raises the validation loss by
 at most ``twt`` (relative, with the chance-level guard of
 :func:`~fedprune.methods.schedules.loss_bound`) on ``threshold_samples`` validation samples. Removal
-is simulated exactly by zeroing the neurons' incoming weights (their constant output is what the
-surgery folds into the consumers), then the neurons go in the returned mask (``graph.prune``). The
+is simulated exactly: the neurons output what they would with their incoming weights zeroed (their
+constant output is what the surgery folds into the consumers), by forward hooks that need no copy of
+the weights; then the neurons go in the returned mask (``graph.prune``). The
 largest neuron of each layer (relative norm 1) is never removed. Neurons whose incoming or outgoing
 weights are all zero are removed too. There is no per-weight thresholding here (that is LOBSTER).
 """
@@ -40,6 +41,7 @@ from fedprune.methods.config import SeReNeConfig
 from fedprune.methods.schedules import PlateauTrigger, label_entropy, search_threshold
 from fedprune.methods.sensitivity import SensitivityProbe
 from fedprune.methods.serene_memory import SensitivityPassMemory
+from fedprune.methods.silence import NeuronsSilenced
 
 
 def normalized_sensitivity(raw: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -85,7 +87,8 @@ class NeuronThreshold:
         """On a plateau, per group the (alive,) bool vector of neurons to remove; ``{}`` otherwise.
 
         Guarantee: the validation loss with those neurons' incoming weights zeroed was within
-        ``loss_bound(base, twt, chance)``; weights are restored before returning.
+        ``loss_bound(base, twt, chance)``. The trials silence the neurons with forward hooks
+        (:class:`~fedprune.methods.silence.NeuronsSilenced`): no weight is copied or changed.
         """
         base = ctx.val_loss(self.samples)
         if not self.trigger.update(base):
@@ -94,20 +97,12 @@ class NeuronThreshold:
         cand = np.sort(np.concatenate([r[r < 1.0] for r in rel.values()] or [np.zeros(0)]))
         if cand.size == 0:
             return {}
-        rows = {g: [ps for ps in ctx.sites[g].params if ps.is_weight] for g in rel}
-        backup = {id(ps.param): ps.param.detach().clone() for v in rows.values() for ps in v}
+        modules = dict(ctx.model.named_modules())
 
         def loss_at(t: float) -> float:
-            with torch.no_grad():
-                for g, r in rel.items():
-                    drop = torch.as_tensor(np.flatnonzero(r < t), dtype=torch.long)
-                    for ps in rows[g]:
-                        ps.param.index_fill_(ps.dim, ps.pos.index_select(0, drop), 0.0)
-                loss = ctx.val_loss(self.samples)
-                for v in rows.values():
-                    for ps in v:
-                        ps.param.copy_(backup[id(ps.param)])
-            return loss
+            drops = {g: torch.as_tensor(np.flatnonzero(r < t), dtype=torch.long) for g, r in rel.items()}
+            with NeuronsSilenced(modules, ctx.sites, drops):
+                return ctx.val_loss(self.samples)
 
         y = getattr(ctx, "val_y", None)
         chance = None if y is None else label_entropy(np.asarray(y[: self.samples]))
@@ -244,33 +239,40 @@ class SeReNe(Method):
             {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("trigger/")})
 
 
+def _per_neuron(p: torch.Tensor, dim: int, ord: float) -> torch.Tensor:
+    """``ord``-norm of every slice of ``p`` along ``dim``, (p.shape[dim],), without copying ``p``."""
+    p = p.detach()
+    other = [d for d in range(p.dim()) if d != dim]
+    return torch.linalg.vector_norm(p, ord=ord, dim=other) if other else p.abs()
+
+
 def dead_neurons(site) -> np.ndarray | None:
     """Boolean (alive,) vector of neurons that no longer compute anything useful.
 
     Dead: all incoming weight slices (ndim >= 2) are zero (the output is a constant, which the
     surgery folds into the consumers), or all outgoing weights (the consumers' columns of the
-    neuron) are zero (the output is never used).
+    neuron) are zero (the output is never used). Reductions only: no weight is copied.
     """
-    rows = [ps.rows() for ps in site.params if ps.is_weight]
-    if not rows:
+    weights = [ps for ps in site.params if ps.is_weight]
+    if not weights:
         return None
-    dead_in = torch.ones(rows[0].shape[0], dtype=torch.bool)
-    for r in rows:
-        dead_in &= (r == 0).all(dim=1)
+    dead_in = torch.ones(len(site.alive), dtype=torch.bool)
+    for ps in weights:
+        dead_in &= _per_neuron(ps.param, ps.dim, float("inf")).index_select(0, ps.pos) == 0
     dead_out = torch.zeros_like(dead_in)
     if site.consumers:
         dead_out = torch.ones_like(dead_in)
         for p, dim, cols in site.consumers:
-            w = p.detach()
+            used = _per_neuron(p, dim, float("inf")) != 0
             for i, c in enumerate(cols):
-                if dead_out[i] and bool((w.index_select(dim, c) != 0).any()):
+                if dead_out[i] and bool(used.index_select(0, c).any()):
                     dead_out[i] = False
     return (dead_in | dead_out).numpy()
 
 
 def site_norms(site) -> np.ndarray:
-    """L2 norm of all of each neuron's parameter slices, (alive,)."""
+    """L2 norm of all of each neuron's parameter slices, (alive,); no weight is copied."""
     tot = torch.zeros(len(site.alive), dtype=torch.float64)
     for ps in site.params:
-        tot += ps.rows().double().pow(2).sum(dim=1)
+        tot += _per_neuron(ps.param, ps.dim, 2.0).index_select(0, ps.pos).double().pow(2)
     return np.sqrt(tot.numpy())
