@@ -76,6 +76,25 @@ def dense_layer_params(model_name: str) -> dict[str, int]:
             for n, mod in m.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
 
 
+def physical_compression_at(model_name: str, neurons: list[int]) -> float:
+    """Dense parameters over those of the compact model keeping ``neurons[i]`` neurons of the i-th
+    prunable layer (the output layer keeps its size): what a table's neuron counts remove physically."""
+    import numpy as np
+
+    from fedprune.models import build_model, example_input
+    from fedprune.surgery import NeuronGraph, NeuronMask
+    from fedprune.surgery.accounting import count_params
+
+    dense = build_model(model_name, seed=0)
+    graph = NeuronGraph.from_model(dense, example_input())
+    groups = [group for _, _, group in graph.layers if group is not None]
+    if len(groups) != len(neurons):
+        raise ValueError(f"{model_name} has {len(groups)} prunable layers, got {len(neurons)} neuron counts")
+    full = NeuronMask.full(graph)
+    arrays = {g: np.arange(len(full[g])) < n for g, n in zip(groups, neurons)}
+    return count_params(dense) / count_params(graph.compact(dense, NeuronMask.from_arrays(graph, arrays)))
+
+
 def onnx_bytes(model: nn.Module) -> int:
     """Size of the model exported to ONNX (weights embedded)."""
     import tempfile

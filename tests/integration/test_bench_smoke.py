@@ -94,6 +94,18 @@ def test_serene_table_row_is_the_json(tmp_path):
 
 
 
+def test_physical_compression_of_neuron_counts_is_the_parameter_ratio():
+    from bench_serene import physical_compression_at
+
+    assert physical_compression_at("lenet5", [20, 50, 500]) == 1.0
+    # LeNet-5 (5x5 convs, 28x28 input): conv1 25*n1+n1, conv2 25*n1*n2+n2, fc1 16*n2*n3+n3, fc2 10*n3+10
+    def params(n1, n2, n3):
+        return 26 * n1 + (25 * n1 + 1) * n2 + (16 * n2 + 1) * n3 + 10 * n3 + 10
+    assert physical_compression_at("lenet5", [11, 26, 113]) == pytest.approx(params(20, 50, 500) / params(11, 26, 113))
+    with pytest.raises(ValueError, match="3 prunable layers"):
+        physical_compression_at("lenet5", [11, 26])
+
+
 def test_results_page_script_writes_the_page_and_the_readme_table(tmp_path, capsys):
     from results_page import main
 
