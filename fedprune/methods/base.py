@@ -80,6 +80,12 @@ class Method:
         """Before the batch is fitted: the sub-network and budget rule of this round (``None``: none)."""
         return None
 
+    def smaller_plan(self, ctx) -> "NeuronMask | None":
+        """After the plan was applied, when the trainer finds that not even its batch fits the budget
+        as the process's resident memory counts it: a smaller mask (a subset of ``ctx.mask``) to try
+        instead, or ``None`` (the default) to skip the round."""
+        return None
+
     def handles_budget(self) -> bool:
         """Whether the method itself decides what the client trains under its budget (a sub-model,
         skipping the round, or no limit), so the config check must not require the dense model to fit."""

@@ -2,10 +2,12 @@
 
 Each client trains the sub-network made of the first ``ceil(r * n)`` neurons of every group (the
 first channels of every layer), with ``r`` the largest of ``ratios`` whose compact model is
-predicted to train at ``train.batch-size`` within the client's budget; a client that not even the
-smallest ratio fits skips the round. Its reply's mask is that sub-network, so the masked FedAvg
-averages each coordinate over the clients whose width includes it. Not reproduced: the paper's
-static BatchNorm (running statistics are averaged like any tensor) and its output scaler.
+predicted to train at ``train.batch-size`` within the client's budget, then smaller still while the
+trainer's own fit (the budget as the process's resident memory counts it) finds no room for that
+batch; a client that not even the smallest ratio fits skips the round. Its reply's mask is that
+sub-network, so the masked FedAvg averages each coordinate over the clients whose width includes
+it. Not reproduced: the paper's static BatchNorm (running statistics are averaged like any tensor)
+and its output scaler.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ class WidthTier(Method):
             return RoundPlan(skip=f"{self.name}: width {min(ratios)} does not fit "
                                   f"budget_bytes={ctx.budget_bytes} at batch {b}")
         return RoundPlan(mask=window_mask(ctx.graph, ctx.mask, self.ratio, off), fixed_batch=True)
+
+    def smaller_plan(self, ctx):
+        """The next smaller width's window, when the chosen one does not fit as the trainer measures
+        the budget (the process's resident memory); ``None`` below the smallest width."""
+        ratios = parse_ratios(self.cfg.ratios, f"methods.{self.name}.ratios")
+        smaller = [r for r in ratios if self.ratio is not None and r < self.ratio]
+        if not smaller:
+            self.ratio = None
+            return None
+        self.ratio = smaller[0]
+        return window_mask(ctx.graph, ctx.mask, self.ratio, self.offset(ctx))
 
     def handles_budget(self) -> bool:
         """The width follows the budget; a client no width fits skips the round."""

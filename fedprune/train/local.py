@@ -25,7 +25,7 @@ from fedprune.train.context import ClientData, TrainConfig, TrainContext, TrainR
 from fedprune.train.evaluation import evaluate
 from fedprune.train.budgeting import ReferenceStep
 from fedprune.train.loop import LocalTrainer
-from fedprune.train.round_plan import apply_round_plan
+from fedprune.train.round_plan import apply_round_plan, fit_batch_or_shrink
 from fedprune.train.metrics import build_metrics, dense_params
 
 
@@ -194,7 +194,7 @@ def _train_round(model, mask, graph, data, cfg, names, method_cfgs, budget_bytes
     skip = apply_round_plan(trainer)
     if skip:
         return not_fit(skip)
-    batch = trainer.budget.fit_batch()
+    batch = fit_batch_or_shrink(trainer)
     if batch == 0:
         return not_fit(f"min_batch={ctx.cfg.min_batch} does not fit budget_bytes={budget_bytes}")
     _start(trainer, batch)

@@ -40,15 +40,38 @@ def apply_round_plan(trainer) -> str:
     if plan.skip:
         return plan.skip
     if plan.mask is not None:
-        new_mask = plan.mask & ctx.mask
-        if new_mask != ctx.mask:
-            ctx.model = ctx.graph.prune(ctx.model, ctx.mask, new_mask)
-            ctx.mask = new_mask
-            ctx.model.train()
-            ctx.sites = build_sites(ctx.graph, ctx.model, ctx.mask)
+        _restrict(ctx, plan.mask)
     if plan.unbounded:
         ctx.budget_bytes = None
     if plan.fixed_batch:
         b = ctx.cfg.batch_size
         ctx.cfg = dataclasses.replace(ctx.cfg, min_batch=b, max_batch=b)
     return ""
+
+
+def _restrict(ctx, mask) -> None:
+    """Prune ``ctx.model`` to ``mask & ctx.mask`` (a no-op when that is ``ctx.mask``)."""
+    new_mask = mask & ctx.mask
+    if new_mask != ctx.mask:
+        ctx.model = ctx.graph.prune(ctx.model, ctx.mask, new_mask)
+        ctx.mask = new_mask
+        ctx.model.train()
+        ctx.sites = build_sites(ctx.graph, ctx.model, ctx.mask)
+
+
+def fit_batch_or_shrink(trainer) -> int:
+    """The trainer's fitted batch (0: none fits); while none fits, the methods' ``smaller_plan``
+    masks are applied one after the other and the batch is fitted again.
+
+    The fit is the trainer's own (the budget as the process's resident memory counts it), so a
+    sub-network chosen by the tensor estimate alone shrinks further instead of skipping the round.
+    """
+    ctx = trainer.ctx
+    batch = trainer.budget.fit_batch()
+    while batch == 0:
+        smaller = next((m for m in (meth.smaller_plan(ctx) for meth in trainer.methods) if m is not None), None)
+        if smaller is None or (smaller & ctx.mask) == ctx.mask:
+            return 0
+        _restrict(ctx, smaller)
+        batch = trainer.budget.fit_batch()
+    return batch

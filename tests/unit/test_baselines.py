@@ -66,6 +66,34 @@ def test_heterofl_tier_is_largest_width_that_fits_and_trains_first_channels(lene
     assert res.metrics["does_not_fit"] == 1 and res.num_examples == 0
 
 
+@pytest.mark.parametrize("method, offset", [("heterofl", 0), ("fedrolex", 7)])
+def test_width_tier_shrinks_when_the_trainers_own_fit_finds_no_room(lenet, data, monkeypatch, method, offset):
+    """The tier is chosen by the tensor estimate; when the trainer's fit (the budget as resident
+    memory counts it) has no room for the batch, the next smaller width is tried, not a skip."""
+    from fedprune.surgery.accounting import count_params
+    from fedprune.train.budgeting import BatchBudget
+
+    _, graph = lenet
+    quarter = count_params(graph.build_compact(window_mask(graph, graph.full_mask(), 0.25)))
+    fit = BatchBudget.fit_batch
+    tried = []
+
+    def fit_at_quarter_or_less(self, share=1.0):  # a process whose resident memory leaves less room
+        tried.append(count_params(self.ctx.model))
+        return fit(self, share) if tried[-1] <= quarter else 0
+
+    monkeypatch.setattr(BatchBudget, "fit_batch", fit_at_quarter_or_less)
+    res = train(graph, data, method, budget_between(graph, 0.5, 1.0), round_idx=offset)
+    assert res.metrics[f"{method}_width"] == 0.25 and res.metrics["does_not_fit"] == 0
+    assert res.mask == window_mask(graph, graph.full_mask(), 0.25, offset)
+    assert tried[0] > quarter >= tried[1]  # the 0.5 window, then the 0.25 one
+    assert res.metrics["batch_sizes"] == "16" and res.num_examples > 0
+
+    monkeypatch.setattr(BatchBudget, "fit_batch", lambda self, share=1.0: 0)  # nothing fits
+    res = train(graph, data, method, budget_between(graph, 0.5, 1.0), round_idx=offset)
+    assert res.metrics["does_not_fit"] == 1 and res.num_examples == 0
+
+
 def test_heterofl_tiers_averaged_coordinatewise_and_union_kept(data):
     gm = GlobalModel(config_from_dict({"model": {"name": "lenet5"}}))
     graph = gm.graph
