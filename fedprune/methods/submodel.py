@@ -51,10 +51,11 @@ def window_mask(graph, current: NeuronMask, ratio: float, offset: int = 0) -> Ne
 def trains_at_batch(graph, mask: NeuronMask, budget_bytes: int | None, input_shape, optimizer,
                     batch: int) -> bool:
     """Whether the compact model for ``mask`` is predicted to train at ``batch`` within the budget
-    (the trainer's estimate and margin); always true without a budget."""
+    (the trainer's estimate and margin); always true without a budget. The candidate model is
+    built on the meta device: asking costs no host memory (which the round's budget would count)."""
     if budget_bytes is None:
         return True
-    model = graph.build_compact(mask)
+    model = graph.build_compact(mask, device="meta")
     return max_batch_size(model, int(budget_bytes), tuple(input_shape), optimizer,
                           min_batch=batch, max_batch=batch) >= batch
 
