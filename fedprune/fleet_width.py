@@ -2,7 +2,8 @@
 
 ``methods.small_model.width = 0`` (auto) means: the largest width ``w`` (to 1/256) such that the
 model made of the first ``ceil(w * n)`` neurons of every group is predicted to train at
-``train.batch-size`` within the lowest budget of any client over the run's rounds.
+``train.batch-size`` within the lowest budget of any client over the run's rounds, less
+``methods.small_model.headroom`` of it (room for what the client's process holds besides the step).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ def weakest_budget_bytes(cfg: ExperimentConfig) -> int | None:
     return None if lowest is None else int(lowest)
 
 
-def small_model_width(cfg: ExperimentConfig) -> float:
+def small_model_width(cfg: ExperimentConfig, headroom: float = 0.0) -> float:
     """The largest width (multiple of 1/256, at least 1/256) that trains within the weakest budget
-    at ``train.batch-size``; 1.0 without budgets."""
+    less ``headroom`` of it at ``train.batch-size``; 1.0 without budgets."""
     budget = weakest_budget_bytes(cfg)
     if budget is None:
         return 1.0
+    budget = int(budget * (1.0 - float(headroom)))
     info = dataset_info(cfg.data.dataset)
     dense = build_model(cfg.model.name, info.channels, info.num_classes, info.image_size, seed=0)
     graph = NeuronGraph.from_model(dense, example_input(info.channels, info.image_size))
@@ -64,5 +66,5 @@ def resolve_method_configs(cfg: ExperimentConfig) -> dict[str, Any]:
     cfgs = dict(cfg.methods.method_configs())
     sm = cfgs.get("small_model")
     if sm is not None and sm.width == 0:
-        cfgs["small_model"] = dataclasses.replace(sm, width=small_model_width(cfg))
+        cfgs["small_model"] = dataclasses.replace(sm, width=small_model_width(cfg, sm.headroom))
     return cfgs

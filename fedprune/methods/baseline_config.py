@@ -33,14 +33,20 @@ class FedAvgDropConfig:
 class SmallModelConfig:
     """``small-model``: every client trains the same width-``width`` model (first channels of every
     layer) at ``train.batch-size``. ``width = 0`` (auto): the largest width the memory estimate
-    fits into the weakest client's lowest budget, resolved once per run from the fleet."""
+    fits into the weakest client's lowest budget less ``headroom`` (a fraction of it), resolved
+    once per run from the fleet. The headroom is what a client's process holds besides the step's
+    tensors (the received model's buffers, the allocator's fixed costs), which the server cannot
+    measure but the client's physical fit counts; without it the weakest client skips its rounds."""
 
     width: float = 0.0
+    headroom: float = 0.1
 
     def validate(self) -> "SmallModelConfig":
-        """Raise ``ValueError`` unless ``0 <= width <= 1``; returns ``self``."""
+        """Raise ``ValueError`` unless ``0 <= width <= 1`` and ``0 <= headroom < 1``; returns ``self``."""
         if not 0.0 <= self.width <= 1.0:
             raise ValueError(f"methods.small_model.width={self.width!r}: must be in [0, 1] (0: auto)")
+        if not 0.0 <= self.headroom < 1.0:
+            raise ValueError(f"methods.small_model.headroom={self.headroom!r}: must be in [0, 1)")
         return self
 
 

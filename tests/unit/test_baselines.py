@@ -181,6 +181,18 @@ def test_small_model_width_is_the_largest_that_fits_the_weakest_budget():
     fits = lambda w: trains_at_batch(gm.graph, window_mask(gm.graph, gm.mask, w), budget, (1, 28, 28),
                                      CFG.optimizer, 16)
     assert fits(width) and not fits(width + 1 / 256)
+    # the run's auto width leaves the configured headroom of that budget to the client's process
+    from fedprune.fleet_width import resolve_method_configs
+
+    resolved = resolve_method_configs(cfg)["small_model"]
+    assert resolved.headroom == 0.1 and resolved.width == small_model_width(cfg, 0.1) < width
+    lower = int(budget * 0.9)
+    assert trains_at_batch(gm.graph, window_mask(gm.graph, gm.mask, resolved.width), lower, (1, 28, 28),
+                           CFG.optimizer, 16)
+    assert not trains_at_batch(gm.graph, window_mask(gm.graph, gm.mask, resolved.width + 1 / 256), lower,
+                               (1, 28, 28), CFG.optimizer, 16)
+    with pytest.raises(ValueError, match="headroom"):
+        resolved.__class__(headroom=1.0).validate()
 
 
 def test_budget_check_accepts_baselines_whose_dense_model_does_not_fit():
