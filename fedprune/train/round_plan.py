@@ -3,7 +3,9 @@
 Baselines decide per round what a client trains: a sub-network (HeteroFL's nested width, FedRolex's
 rolling window, one small model for all), a fixed batch (no batch fitting), no budget at all, or
 skipping the round. The plans of all enabled methods combine: masks intersect, flags are or-ed and
-the first skip reason wins.
+the first skip reason wins. When the trainer then finds no batch that fits, a method may offer a
+smaller sub-network (``Method.smaller_plan``: the next HeteroFL/FedRolex width) before the client
+skips (:func:`fit_batch_or_shrink`).
 """
 
 from __future__ import annotations
