@@ -28,6 +28,7 @@ from common import write_result  # noqa: E402
 
 from fedprune.config import config_from_dict, dumps_toml, load_config, to_dict  # noqa: E402
 from fedprune.launch import SimulationSpec, run_flower_simulation  # noqa: E402
+from fedprune.results import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("final_accuracy", "final_params", "dense_params", "compression", "neurons_per_layer",
@@ -38,12 +39,12 @@ NUMERIC = ("final_accuracy", "final_params", "final_flops", "onnx_bytes", "uploa
            "physical_peak_over_budget_max", "physical_violations")
 
 
-def physical_figures(metrics_file: Path) -> dict:
-    """The kernel's view of every budgeted client-round of a run (``metrics.jsonl``): the worst RSS
-    peak over its training budget, and how many client-rounds' peaks exceeded the budget."""
+def physical_figures(run_dir: Path) -> dict:
+    """The kernel's view of every budgeted client-round of a run (its ``metrics.jsonl``): the worst
+    RSS peak over its training budget, and how many client-rounds' peaks exceeded the budget."""
     worst, violations = None, 0
-    for line in metrics_file.read_text().splitlines():
-        for c in json.loads(line).get("clients", []):
+    for row in read_metrics(run_dir):
+        for c in row.get("clients", []):
             peak, budget = c.get("physical_peak_bytes"), c.get("budget_bytes")
             if peak is None or not budget:
                 continue
@@ -67,7 +68,7 @@ def run(cfg, work: Path, label: str) -> dict:
     s = json.loads((out / "summary.json").read_text())
     onnx = out / "final_model.onnx"
     return {"wall_seconds": wall, "onnx_bytes": onnx.stat().st_size if onnx.exists() else None,
-            **physical_figures(out / "metrics.jsonl"), **{k: s[k] for k in KEYS}}
+            **physical_figures(out), **{k: s[k] for k in KEYS}}
 
 
 def ratios(fedavg: dict, pruned: dict) -> dict:

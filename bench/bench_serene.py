@@ -87,12 +87,11 @@ def physical_compression_at(model_name: str, neurons: list[int]) -> float:
 
     dense = build_model(model_name, seed=0)
     graph = NeuronGraph.from_model(dense, example_input())
-    groups = [group for _, _, group in graph.layers if group is not None]
+    groups = [(group, size) for _, size, group in graph.layers if group is not None]
     if len(groups) != len(neurons):
         raise ValueError(f"{model_name} has {len(groups)} prunable layers, got {len(neurons)} neuron counts")
-    full = NeuronMask.full(graph)
-    arrays = {g: np.arange(len(full[g])) < n for g, n in zip(groups, neurons)}
-    return count_params(dense) / count_params(graph.compact(dense, NeuronMask.from_arrays(graph, arrays)))
+    mask = NeuronMask.from_arrays(graph, {g: np.arange(size) < n for (g, size), n in zip(groups, neurons)})
+    return count_params(dense) / count_params(graph.build_compact(mask, device="meta"))
 
 
 def onnx_bytes(model: nn.Module) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fedprune.study import markdown
+from fedprune.surgery.accounting import format_neurons
 
 Section = Callable[[dict, Path], str]
 
@@ -198,16 +199,17 @@ def surgery_section(d: dict, fig_dir: Path) -> str:
     return out
 
 
+SERENE_PAPER_NEURONS = (11, 26, 113, 10)  # LeNet-5 on MNIST, the paper's Table 1
 SERENE_PAPER = {"remaining": [33.75, 3.25, 0.27, 10.22], "compression": 177.05,
-                "neurons": "[11]-[26]-[113]-[10]", "error": 0.8}
+                "neurons": format_neurons(SERENE_PAPER_NEURONS), "error": 0.8}
+
 
 def _paper_physical_compression() -> float:
     """What the SeReNe paper's LeNet-5 neuron counts remove physically: computed by compacting our
     LeNet-5 to those counts (the paper's 177x counts non-zero weights inside the kept neurons)."""
     from bench_serene import physical_compression_at
 
-    counts = [int(n) for n in SERENE_PAPER["neurons"].strip("[]").split("]-[")][:-1]  # output layer kept
-    return physical_compression_at("lenet5", counts)
+    return physical_compression_at("lenet5", list(SERENE_PAPER_NEURONS[:-1]))  # the output layer is kept
 
 
 def serene_section(d: dict, fig_dir: Path) -> str:

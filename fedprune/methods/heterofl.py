@@ -24,6 +24,7 @@ class WidthTier(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.ratio: float | None = None
+        self.ratios: tuple[float, ...] = ()
 
     def offset(self, ctx) -> int:
         """Index of the window's first neuron in every group (0: the first channels)."""
@@ -31,20 +32,19 @@ class WidthTier(Method):
 
     def plan_round(self, ctx) -> RoundPlan:
         """The largest fitting width's window at a fixed batch, or a skip when none fits."""
-        ratios = parse_ratios(self.cfg.ratios, f"methods.{self.name}.ratios")
+        self.ratios = parse_ratios(self.cfg.ratios, f"methods.{self.name}.ratios")
         b, off = ctx.cfg.batch_size, self.offset(ctx)
-        self.ratio = largest_fitting_ratio(ctx.graph, ctx.mask, ratios, ctx.budget_bytes, ctx.input_shape,
+        self.ratio = largest_fitting_ratio(ctx.graph, ctx.mask, self.ratios, ctx.budget_bytes, ctx.input_shape,
                                            ctx.cfg.optimizer, b, off)
         if self.ratio is None:
-            return RoundPlan(skip=f"{self.name}: width {min(ratios)} does not fit "
+            return RoundPlan(skip=f"{self.name}: width {min(self.ratios)} does not fit "
                                   f"budget_bytes={ctx.budget_bytes} at batch {b}")
         return RoundPlan(mask=window_mask(ctx.graph, ctx.mask, self.ratio, off), fixed_batch=True)
 
     def smaller_plan(self, ctx):
         """The next smaller width's window, when the chosen one does not fit as the trainer measures
         the budget (the process's resident memory); ``None`` below the smallest width."""
-        ratios = parse_ratios(self.cfg.ratios, f"methods.{self.name}.ratios")
-        smaller = [r for r in ratios if self.ratio is not None and r < self.ratio]
+        smaller = [r for r in self.ratios if self.ratio is not None and r < self.ratio]  # largest first
         if not smaller:
             self.ratio = None
             return None
