@@ -32,16 +32,23 @@ def _acc(row: dict[str, Any]) -> str:
     return f"`{row['method']}` {_pts(row):.2f}% ({_spread(row)})"
 
 
+def margin_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """How the accuracy difference of rows ``a`` and ``b`` compares with their seeds' spread: a tie
+    when it is no larger than the larger of the two standard deviations."""
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        return "one seed: no spread known"
+    noise = 100 * max(a["accuracy_std"] or 0, b["accuracy_std"] or 0)
+    return ("within the seeds' spread: a tie" if abs(_pts(a) - _pts(b)) <= noise
+            else "more than the seeds' spread")
+
+
 def _winner_line(ranked: list[dict[str, Any]]) -> str:
     win = ranked[0]
     if len(ranked) == 1:
         return f"only {_acc(win)} finished"
     run = ranked[1]
     margin = _pts(win) - _pts(run)
-    noise = 100 * max(win["accuracy_std"] or 0, run["accuracy_std"] or 0)
-    verdict = ("within the seeds' spread: a tie" if win["seeds"] > 1 and margin <= noise
-               else "more than the seeds' spread" if win["seeds"] > 1 else "one seed: no spread known")
-    return f"winner {_acc(win)}, {margin:.2f} points ahead of {_acc(run)} ({verdict})"
+    return f"winner {_acc(win)}, {margin:.2f} points ahead of {_acc(run)} ({margin_verdict(win, run)})"
 
 
 def _fedprune_line(ranked: list[dict[str, Any]]) -> list[str]:
@@ -54,10 +61,11 @@ def _fedprune_line(ranked: list[dict[str, Any]]) -> list[str]:
     if theirs:
         rival = theirs[0]
         d = _pts(best) - _pts(rival)
+        verdict = margin_verdict(best, rival)
         lines.append(f"fedprune's best, {_acc(best)}, **loses** to the baseline {_acc(rival)} by "
-                     f"{-d:.2f} points" if d < 0 else
+                     f"{-d:.2f} points ({verdict})" if d < 0 else
                      f"fedprune's best, {_acc(best)}, beats the best constrained baseline {_acc(rival)} "
-                     f"by {d:.2f} points")
+                     f"by {d:.2f} points ({verdict})")
     if upper is not None:
         lines.append(f"it is {_pts(upper) - _pts(best):.2f} points below unconstrained FedAvg "
                      f"({_pts(upper):.2f}%)")
@@ -96,7 +104,8 @@ def goal_check(ranked: list[dict[str, Any]]) -> list[str]:
     if theirs:
         ok = _pts(best) >= _pts(theirs[0])
         out.append(f"{'met' if ok else 'NOT met'}: at least as accurate as every baseline "
-                   f"(best baseline `{theirs[0]['method']}` {_pts(theirs[0]):.2f}%)")
+                   f"(best baseline `{theirs[0]['method']}` {_pts(theirs[0]):.2f}%; difference "
+                   f"{_pts(best) - _pts(theirs[0]):+.2f} points, {margin_verdict(best, theirs[0])})")
     if upper is not None:
         gap = _pts(upper) - _pts(best)
         out.append(f"{'met' if gap <= GOAL_GAP else 'NOT met'}: within {GOAL_GAP} points of unconstrained "

@@ -115,9 +115,11 @@ def test_conclusion_names_winner_margin_spread_and_where_fedprune_loses(report):
     assert "1.00 points ahead of `heterofl` 87.00%" not in text  # margin is 91 - 87 = 4
     assert "4.00 points ahead of `heterofl` 87.00% (± 1.41 over 2 seeds) (more than the seeds' spread)" in text
     assert "fedprune's best, `dynhp` 84.50% (± 0.71 over 2 seeds), **loses** to the baseline `heterofl`" in text
-    assert "by 2.50 points" in text and "6.50 points below unconstrained FedAvg" in text
+    assert "by 2.50 points (more than the seeds' spread)" in text
+    assert "6.50 points below unconstrained FedAvg" in text
     tight = text.split("Goal at the tightest budget", 1)[1]
     assert "NOT met: at least as accurate as every baseline" in tight
+    assert "difference -2.50 points, more than the seeds' spread" in tight
     assert "NOT met: within 1.5 points of unconstrained FedAvg (gap 6.50)" in tight
     assert "met: final model >= 5x smaller than dense (6.7x)" in tight
     md = (report.out_dir / "report.md").read_text()
@@ -202,3 +204,15 @@ def test_readme_block_is_the_generated_conclusion_and_figure(tmp_path):
     assert "(docs/accuracy_vs_peak_memory.png)" in text
     readme.write_text("no markers\n")
     assert main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "docs"), "--readme", str(readme)]) == 2
+
+
+def test_a_margin_no_larger_than_the_seed_spread_is_called_a_tie():
+    from fedprune.study.conclusion import margin_verdict
+
+    def row(acc, std, seeds=2):
+        return {"accuracy_mean": acc, "accuracy_std": std, "seeds": seeds}
+
+    assert margin_verdict(row(0.8920, 0.0021), row(0.8915, 0.0001)) == "within the seeds' spread: a tie"
+    assert margin_verdict(row(0.8915, 0.0001), row(0.8920, 0.0021)) == "within the seeds' spread: a tie"
+    assert margin_verdict(row(0.8959, 0.0004), row(0.8920, 0.0021)) == "more than the seeds' spread"
+    assert margin_verdict(row(0.90, 0.0), row(0.80, 0.0, seeds=1)) == "one seed: no spread known"
