@@ -2,7 +2,8 @@
 # Keep the converged study's runs in the repository: copies results/sweeps/study-converged (or $1)
 # into docs/study/sweeps (or $2) with each finished run's config.toml, metrics.jsonl and summary.json
 # and each sweep's manifest -- what `fedprune report` reads -- but no model files or checkpoints.
-# Copy the folder back to results/sweeps/study-converged and the sweeps skip the finished runs.
+# Copy the folder back (`cp -r docs/study/sweeps/. results/sweeps/study-converged/`) and the sweeps skip the
+# finished runs.
 set -euo pipefail
 src="${1:-results/sweeps/study-converged}"
 dst="${2:-docs/study/sweeps}"
