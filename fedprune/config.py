@@ -90,6 +90,7 @@ class TrainSection:
     max_batch: int = 256
     lr_scaling: str = "linear"  # the most accurate rule measured by bench/bench_dynhp.py
     lr_schedule: str = "constant"  # constant | cosine (over all rounds' progress)
+    lr_warmup: float = 0.0  # fraction of all rounds' progress over which a batch-scaled lr above lr is reached
 
     def validate(self, p: str) -> None:
         _check(self.local_epochs >= 1, f"{p}local-epochs", self.local_epochs, "must be >= 1")
@@ -107,6 +108,7 @@ class TrainSection:
                f"expected one of {', '.join(LR_RULES)}")
         _check(self.lr_schedule in ("constant", "cosine"), f"{p}lr-schedule", self.lr_schedule,
                "expected 'constant' or 'cosine'")
+        _check(0.0 <= self.lr_warmup < 1.0, f"{p}lr-warmup", self.lr_warmup, "must be in [0, 1)")
 
 
 class _MethodsBase:

@@ -142,9 +142,12 @@ class BatchBudget:
         return int(est.total_bytes) + self.kept_bytes()
 
     def current_lr(self) -> float:
-        """``cfg.lr`` scaled for the batch (``lr_scaling``) and the progress (``lr_schedule``)."""
+        """``cfg.lr`` scaled for the batch (``lr_scaling``), warmed up (``lr_warmup``) and scheduled
+        over the progress (``lr_schedule``)."""
         ctx = self.ctx
         lr = scale_lr(ctx.cfg.lr, ctx.batch_size, ctx.cfg.batch_size, ctx.cfg.lr_scaling)
+        if lr > ctx.cfg.lr and ctx.progress < ctx.cfg.lr_warmup:
+            lr = ctx.cfg.lr + (lr - ctx.cfg.lr) * ctx.progress / ctx.cfg.lr_warmup
         if ctx.cfg.lr_schedule == "cosine":
             lr *= 0.5 * (1.0 + math.cos(math.pi * ctx.progress))
         return lr

@@ -37,7 +37,9 @@ class TrainConfig:
     in ``[min_batch, max_batch]``. ``measure_every`` > 0 also measures the memory peak every that
     many steps (costly on CPU). ``eval_batch`` is the chunk size of no-budget evaluations.
     ``lr_schedule``: ``"constant"`` or ``"cosine"`` (``lr * (1 + cos(pi * progress)) / 2`` over the
-    *total* progress, all rounds).
+    *total* progress, all rounds). ``lr_warmup`` > 0: while the total progress is below it, a batch
+    whose scaled learning rate is above ``lr`` steps at ``lr`` plus that excess times
+    ``progress / lr_warmup`` (a batch at or below ``batch_size`` is unaffected).
     """
 
     epochs: int = _DEFAULTS.local_epochs
@@ -52,6 +54,7 @@ class TrainConfig:
     measure_every: int = 0
     eval_batch: int = 512
     lr_schedule: str = _DEFAULTS.lr_schedule
+    lr_warmup: float = _DEFAULTS.lr_warmup
 
     @classmethod
     def from_section(cls, section: TrainSection, seed: int) -> "TrainConfig":
@@ -61,7 +64,7 @@ class TrainConfig:
                                            weight_decay=section.weight_decay),
                    batch_size=section.batch_size, min_batch=section.min_batch,
                    max_batch=section.max_batch, lr_scaling=section.lr_scaling,
-                   lr_schedule=section.lr_schedule, seed=seed, device="cpu")
+                   lr_schedule=section.lr_schedule, lr_warmup=section.lr_warmup, seed=seed, device="cpu")
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first bad field; return ``self``."""
@@ -78,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"train.lr_schedule={self.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
         if self.lr_scaling not in LR_RULES:
             raise ValueError(f"train.lr_scaling={self.lr_scaling!r}: expected one of {', '.join(LR_RULES)}")
+        if not 0.0 <= self.lr_warmup < 1.0:
+            raise ValueError(f"train.lr_warmup={self.lr_warmup}: must be in [0, 1)")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"train.device={self.device!r}: expected 'cpu' or 'cuda[:N]'")
         return self

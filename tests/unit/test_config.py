@@ -88,3 +88,7 @@ def test_lr_schedule_reaches_the_trainer():
     assert TrainConfig.from_section(cfg.train, cfg.run.seed).lr_schedule == "cosine"
     with pytest.raises(ConfigError, match="train.lr-schedule = 'step'"):
         config_from_dict({"train": {"lr-schedule": "step"}})
+    cfg = config_from_dict({"train": {"lr-warmup": 0.1}})
+    assert TrainConfig.from_section(cfg.train, cfg.run.seed).lr_warmup == 0.1
+    with pytest.raises(ConfigError, match="train.lr-warmup = -0.5"):
+        config_from_dict({"train": {"lr-warmup": -0.5}})

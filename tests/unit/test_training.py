@@ -152,6 +152,44 @@ def test_cosine_schedule_and_linear_scaling(lenet):
         TrainConfig(lr_schedule="step").validate()
 
 
+def test_lr_warmup_ramps_only_a_batch_scaled_rate_above_lr():
+    from types import SimpleNamespace
+
+    from fedprune.train.budgeting import BatchBudget
+
+    cfg = TrainConfig(lr=0.05, batch_size=32, max_batch=128, lr_scaling="linear", lr_warmup=0.1).validate()
+    ctx = SimpleNamespace(cfg=cfg, batch_size=128, progress=0.0, budget_bytes=None, round_idx=0)
+    budget = BatchBudget(ctx, [])
+    assert budget.current_lr() == pytest.approx(0.05)  # start: the rate tuned at batch-size
+    ctx.progress = 0.05
+    assert budget.current_lr() == pytest.approx(0.05 + (0.2 - 0.05) * 0.5)
+    ctx.progress = 0.1
+    assert budget.current_lr() == pytest.approx(0.2)  # warm-up over: the scaled rate
+    ctx.batch_size, ctx.progress = 16, 0.0
+    assert budget.current_lr() == pytest.approx(0.025)  # a smaller batch is never raised to lr
+    no_warmup = BatchBudget(SimpleNamespace(cfg=TrainConfig(lr=0.05, batch_size=32, max_batch=128,
+                                                            lr_scaling="linear"),
+                                            batch_size=128, progress=0.0, budget_bytes=None, round_idx=0), [])
+    assert no_warmup.current_lr() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="lr_warmup"):
+        TrainConfig(lr_warmup=1.0).validate()
+
+
+def test_lr_warmup_steps_the_budget_grown_batch_below_its_scaled_rate(lenet):
+    dense, graph = lenet
+    mask = NeuronMask.full(graph)
+    finals = {}
+    for warmup in (0.0, 0.9):
+        cfg = TrainConfig(epochs=1, lr=0.05, batch_size=16, min_batch=8, max_batch=64, lr_scaling="linear",
+                          lr_warmup=warmup)
+        res = train_local(graph.compact(dense, mask), mask, graph, client(160), cfg, "none", None, 200 * 2**20,
+                          None, 0, 2)
+        assert res.metrics["batch_final"] == 64  # the budget buys the largest batch
+        finals[warmup] = res.metrics["lr_final"]
+    assert finals[0.0] == pytest.approx(0.2)
+    assert 0.05 < finals[0.9] < 0.05 + 0.15 * 0.5 / 0.9 + 1e-9  # progress <= 0.5 at the end of round 1 of 2
+
+
 @dataclass
 class FreezerConfig:
     """A method config: its fields are its ``[methods.<name>]`` keys."""
