@@ -33,13 +33,19 @@ PEAKS = (("physical_peak_mb", "physical_peak_bytes", "physical peak of training 
          ("tensor_peak_mb", "measured_peak_bytes", "tensor peak (training tensors)"))
 
 
-#: Grid keys that make a variant of a method rather than a setting (``dynhp [mask-policy=quorum]``).
-VARIANT_PREFIXES = ("strategy.",)
+#: Grid keys that make a variant of a method rather than a setting (``dynhp [mask-policy=quorum]``):
+#: the strategy's, the trainer's and the methods' own keys (``methods.enabled`` is the method itself).
+VARIANT_PREFIXES = ("strategy.", "train.", "methods.")
+
+
+def is_variant_key(key: str) -> bool:
+    """Whether grid key ``key`` makes a variant of the method (see ``VARIANT_PREFIXES``)."""
+    return key.startswith(VARIANT_PREFIXES) and key != "methods.enabled"
 
 
 def method_name(rec: RunRecord) -> str:
     """The run's method string normalised (``fedavg-drop`` -> ``fedavg_drop``; ``none`` stays), with
-    the run's ``strategy.*`` grid values in brackets when it has any."""
+    the run's variant grid values (:func:`is_variant_key`) in brackets when it has any."""
     from fedprune.methods import parse_methods
 
     label = method_label(rec)
@@ -48,7 +54,7 @@ def method_name(rec: RunRecord) -> str:
     except ValueError:
         name = label
     variant = [f"{k.split('.')[-1]}={v}" for k, v in sorted(rec.overrides.items())
-               if k.startswith(VARIANT_PREFIXES)]
+               if is_variant_key(k)]
     return f"{name} [{', '.join(variant)}]" if variant else name
 
 
@@ -119,7 +125,7 @@ def setting_of(rec: RunRecord, keys: Sequence[str]) -> str:
     parts = [f"budget {b:.4g} MB" if b is not None else "no budget"]
     parts += [f"{k.split('.')[-1]}={rec.overrides[k]}" for k in keys
               if k in rec.overrides and k not in ("run.seed", "methods.enabled")
-              and not k.startswith(("fleet.budget", "memory.budget") + VARIANT_PREFIXES)]
+              and not k.startswith(("fleet.budget", "memory.budget")) and not is_variant_key(k)]
     return ", ".join(parts)
 
 

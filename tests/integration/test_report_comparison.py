@@ -162,6 +162,22 @@ def test_strategy_grid_key_is_a_method_variant_not_a_setting(tmp_path):
     assert next(r for r in rows if r["method"].startswith("dynhp"))["baseline"] is False
 
 
+def test_trainer_and_method_grid_keys_are_method_variants_not_settings(tmp_path):
+    """A fedprune configuration tuned with a trainer or method key is compared with the baselines of
+    its setting, under its own name."""
+    make_sweep(tmp_path)
+    manifest = tmp_path / "sweep.json"
+    data = json.loads(manifest.read_text())
+    for run in data["runs"]:
+        if run["overrides"]["methods.enabled"] == "dynhp":
+            run["overrides"].update({"train.lr-warmup": 0.1, "methods.dynhp.target-compression": 0.85})
+    manifest.write_text(json.dumps(data))
+    rows = comparison_rows(collect_runs(tmp_path)[1])
+    assert len({r["setting"] for r in rows}) == 2
+    assert "dynhp [target-compression=0.85, lr-warmup=0.1]" in {r["method"] for r in rows}
+    assert all(len([r for r in rows if r["setting"] == s]) == 4 for s in {r["setting"] for r in rows})
+
+
 def test_plateau_criterion():
     from fedprune.study.comparison import plateau_round
 
