@@ -232,3 +232,21 @@ def test_a_margin_no_larger_than_the_seed_spread_is_called_a_tie():
     assert margin_verdict(row(0.8915, 0.0001), row(0.8920, 0.0021)) == "within the seeds' spread: a tie"
     assert margin_verdict(row(0.8959, 0.0004), row(0.8920, 0.0021)) == "more than the seeds' spread"
     assert margin_verdict(row(0.90, 0.0), row(0.80, 0.0, seeds=1)) == "one seed: no spread known"
+
+
+def test_goal_names_the_fedprune_configurations_that_meet_all_three_conditions():
+    from fedprune.study.conclusion import goal_check
+
+    def row(method, acc, baseline, smaller=1.0):
+        return {"method": method, "accuracy_mean": acc, "accuracy_std": 0.002, "seeds": 2,
+                "baseline": baseline, "smaller_mean": smaller}
+
+    ranked = [row("fedavg", 0.877, True), row("dynhp [a]", 0.866, False, 4.5),
+              row("dynhp [b]", 0.862, False, 5.3), row("heterofl", 0.858, True), row("dynhp [c]", 0.85, False, 6.0)]
+    lines = goal_check(ranked)
+    assert lines[0].startswith("met: at least as accurate as every baseline") and "+0.80 points" in lines[0]
+    assert lines[2] == "NOT met: final model >= 5x smaller than dense (4.5x)"  # the most accurate one
+    assert lines[3] == ("of the 3 fedprune configurations here, all three hold for `dynhp [b]` 86.20% "
+                        "(± 0.20 over 2 seeds), 5.3x smaller")
+    ranked[2]["smaller_mean"] = 4.9
+    assert goal_check(ranked)[3].endswith("all three hold for none")
