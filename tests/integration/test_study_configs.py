@@ -98,3 +98,13 @@ def test_every_dirichlet_part_trains_as_long_as_its_fedavg_upper_bound():
             want = DIRICHLET_ROUNDS if p.config.data.partitioner == "dirichlet" else load_config(
                 CONFIGS / "study_converged.toml").run.num_rounds
             assert p.config.run.num_rounds == want, (path.name, p.id)
+
+
+def test_run_study_runs_every_converged_sweep_file():
+    """`scripts/run_study.sh` with no arguments runs every part whose sweep file exists, and no other."""
+    import re
+
+    text = (ROOT / "scripts" / "run_study.sh").read_text()
+    listed = re.search(r"\|\| parts=\(([^)]*)\)", text).group(1).split()
+    files = {p.name[len("study_converged_"):-len("_sweep.toml")] for p in CONFIGS.glob("study_converged_*_sweep.toml")}
+    assert sorted(listed) == sorted(files) and len(listed) == len(set(listed))
