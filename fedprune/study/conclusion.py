@@ -42,6 +42,12 @@ def margin_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
             else "more than the seeds' spread")
 
 
+def _rivals(ranked: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The memory-constrained baselines (most accurate first) and the unconstrained FedAvg row."""
+    theirs = [r for r in ranked if r["baseline"] and r["method"] != UPPER_BOUND]
+    return theirs, next((r for r in ranked if r["method"] == UPPER_BOUND), None)
+
+
 def _winner_line(ranked: list[dict[str, Any]]) -> str:
     win = ranked[0]
     if len(ranked) == 1:
@@ -53,8 +59,7 @@ def _winner_line(ranked: list[dict[str, Any]]) -> str:
 
 def _fedprune_line(ranked: list[dict[str, Any]]) -> list[str]:
     ours = [r for r in ranked if not r["baseline"]]
-    theirs = [r for r in ranked if r["baseline"] and r["method"] != UPPER_BOUND]
-    upper = next((r for r in ranked if r["method"] == UPPER_BOUND), None)
+    theirs, upper = _rivals(ranked)
     if not ours:
         return []
     best, lines = ours[0], []
@@ -93,8 +98,7 @@ def convergence_line(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _goal_conditions(best: dict[str, Any], ranked: list[dict[str, Any]]) -> list[tuple[bool, str]]:
-    theirs = [r for r in ranked if r["baseline"] and r["method"] != UPPER_BOUND]
-    upper = next((r for r in ranked if r["method"] == UPPER_BOUND), None)
+    theirs, upper = _rivals(ranked)
     out = []
     if theirs:
         ok = _pts(best) >= _pts(theirs[0])

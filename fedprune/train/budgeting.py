@@ -152,6 +152,12 @@ class BatchBudget:
             lr *= 0.5 * (1.0 + math.cos(math.pi * ctx.progress))
         return lr
 
+    def lr_follows_progress(self) -> bool:
+        """Whether :meth:`current_lr` changes with the progress now: a schedule, or a warm-up not yet
+        over (the trainer then updates the rate every step, not only when the batch changes)."""
+        cfg = self.ctx.cfg
+        return cfg.lr_schedule != "constant" or self.ctx.progress < cfg.lr_warmup
+
     def update_lr(self) -> None:
         """Set the optimizer's learning rate to :meth:`current_lr`."""
         if self.ctx.optimizer is not None:

@@ -169,7 +169,7 @@ class LocalTrainer:
             if b < 2 and pos > 0:  # a trailing batch of one (BatchNorm cannot train on it)
                 break
             idx = perm[pos: pos + b]
-            if ctx.cfg.lr_schedule != "constant" or ctx.progress < ctx.cfg.lr_warmup:
+            if budget.lr_follows_progress():
                 budget.update_lr()
             measure = budget.should_measure(b, self.stats["steps"])
 
