@@ -158,7 +158,7 @@ def row_block_curve(batch: int = 64, reps: int = 15) -> list[dict]:
     """Time of the weight-gradient kernel (``aten.convolution_backward``, weight output only) against
     the number of output rows computed, for resnet8's three 3x3 convolution shapes at ``batch``.
 
-    This is the measurement behind ``partial_grad.ROW_BLOCK``: the time steps at multiples of the
+    This is the measurement behind ``partial_grad.row_block()``: the time steps at multiples of the
     block, so frozen rows that fill no block save nothing.
     """
     import statistics

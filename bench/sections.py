@@ -303,7 +303,7 @@ def neq_section(d: dict, fig_dir: Path) -> str:
                                                      for c in curve if (c["in_channels"], c["out_channels"], c["side"]) == (ci, co, sd)))
                  for ci, co, sd in shapes]
         out += ("\nWeight-gradient kernel time (ms) against the output rows computed (rows:ms), batch 64: the "
-                "time steps at blocks of rows, the measurement behind `partial_grad.ROW_BLOCK`.\n\n"
+                "time steps at blocks of rows, the measurement behind `partial_grad.row_block()`.\n\n"
                 + md_table(["convolution", "rows:ms"], lines))
 
     def mean_frozen(h: dict) -> float:

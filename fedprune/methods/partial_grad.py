@@ -20,11 +20,13 @@ the ``C`` output directions (``vmap``) -- runs inside :func:`activation_grads_on
 backward computes the input gradient alone and returns no weight or bias gradient (nobody asked for
 them, and the in-place row fill of an unbatched gradient cannot take batched rows).
 
-The CPU weight-gradient kernels (oneDNN convolution, BLAS matmul) work on blocks of ``ROW_BLOCK``
-output rows: computing 10 or 16 rows of a 16-row layer takes the same time (``bench/bench_neq.py``
-measures the curve, ``row_block_curve`` in ``bench/results/neq.json``). :func:`saves_a_block` says
-whether the active rows need fewer blocks than the whole layer; where they do not, the partial path
-would only add its own overhead (an output-gradient slice and a Python backward).
+The CPU weight-gradient kernels (oneDNN convolution, BLAS matmul) work on blocks of output rows,
+one SIMD register of float32 each: 8 rows with AVX2, 16 with AVX-512 (:func:`row_block`). Computing
+10 or 16 rows of a 16-row layer takes the same time with AVX2, and 4 or 16 rows with AVX-512
+(``bench/bench_neq.py`` measures the curve, ``row_block_curve`` in ``bench/results/neq.json``).
+:func:`saves_a_block` says whether the active rows need fewer blocks than the whole layer; where they
+do not, the partial path would only add its own overhead (an output-gradient slice, a second
+``convolution_backward`` call and a Python backward).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 _ATTR = "_partial_grad"
-ROW_BLOCK = 8  # float32 rows per SIMD block of the CPU weight-gradient kernels (AVX2: 8)
+#: float32 output rows per kernel block, by the CPU capability PyTorch dispatches to; 8 otherwise
+ROW_BLOCKS = {"AVX512": 16, "AVX2": 8}
 
 
 _MODE = threading.local()
@@ -61,9 +64,17 @@ def _weight_grads_wanted() -> bool:
     return not getattr(_MODE, "activations_only", False)
 
 
-def saves_a_block(n_active: int, n_rows: int, block: int = ROW_BLOCK) -> bool:
-    """True when ``n_active`` of ``n_rows`` output rows span fewer ``block``-row blocks than all rows,
-    i.e. the weight-gradient kernel has less to do for the active rows than for the whole layer."""
+def row_block() -> int:
+    """Output rows per block of this machine's CPU weight-gradient kernels: ``ROW_BLOCKS`` of
+    ``torch.backends.cpu.get_cpu_capability()`` (16 for AVX-512, 8 for AVX2), 8 for any other."""
+    return ROW_BLOCKS.get(torch.backends.cpu.get_cpu_capability(), 8)
+
+
+def saves_a_block(n_active: int, n_rows: int, block: int | None = None) -> bool:
+    """True when ``n_active`` of ``n_rows`` output rows span fewer ``block``-row blocks than all rows
+    (``block`` defaults to :func:`row_block`), i.e. the weight-gradient kernel has less to do for the
+    active rows than for the whole layer."""
+    block = row_block() if block is None else block
     if n_rows <= 0 or not 0 <= n_active <= n_rows:
         raise ValueError(f"saves_a_block: need 0 <= n_active <= n_rows, got {n_active}, {n_rows}")
     return -(-n_active // block) < -(-n_rows // block)

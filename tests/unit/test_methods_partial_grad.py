@@ -127,7 +127,14 @@ def test_stochastic_control_freezes_about_p_of_the_neurons():
     (48, 50, True), (49, 50, False), (1, 8, False), (7, 120, True), (112, 120, True), (113, 120, False),
 ])
 def test_saves_a_block_counts_kernel_row_blocks(n_active, n_rows, saves):
-    assert partial_grad.saves_a_block(n_active, n_rows) is saves
+    assert partial_grad.saves_a_block(n_active, n_rows, block=8) is saves
+
+
+@pytest.mark.parametrize("capability, block", [("AVX512", 16), ("AVX2", 8), ("DEFAULT", 8)])
+def test_row_block_follows_the_cpu_capability(monkeypatch, capability, block):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert partial_grad.row_block() == block
+    assert partial_grad.saves_a_block(8, 16) is (block == 8)  # the default block is this machine's
 
 
 def test_saves_a_block_rejects_impossible_counts():
