@@ -22,8 +22,8 @@ them, and the in-place row fill of an unbatched gradient cannot take batched row
 
 The CPU weight-gradient kernels (oneDNN convolution, BLAS matmul) work on blocks of output rows,
 one SIMD register of float32 each: 8 rows with AVX2, 16 with AVX-512 (:func:`row_block`). Computing
-10 or 16 rows of a 16-row layer takes the same time with AVX2, and 4 or 16 rows with AVX-512
-(``bench/bench_neq.py`` measures the curve, ``row_block_curve`` in ``bench/results/neq.json``).
+10 or 16 rows of a 16-row layer takes the same time with AVX2, and 18 or 32 rows of a 32-row layer
+with AVX-512 (``bench/bench_neq.py`` measures the curve, ``row_block_curve`` in ``bench/results/neq.json``).
 :func:`saves_a_block` says whether the active rows need fewer blocks than the whole layer; where they
 do not, the partial path would only add its own overhead (an output-gradient slice, a second
 ``convolution_backward`` call and a Python backward).
