@@ -6,7 +6,8 @@ Invariants:
   exactly FedAvg's weighted mean.
 - ``update_global_mask``: global pruning is monotone (a neuron pruned globally never comes back) and
   never empties a group; every policy keeps each neuron that some client of the round kept, except
-  ``quorum``, which prunes by example weight.
+  ``quorum``, which prunes by example weight, and ``consensus``, which keeps as many neurons as the
+  median client kept.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-MASK_POLICIES = ("unanimous", "quorum", "keep")
+MASK_POLICIES = ("unanimous", "quorum", "consensus", "keep")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,26 @@ def masked_mean(previous: Mapping[str, np.ndarray],
     return out
 
 
+def weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
+    """The lower weighted median: the smallest value at which the cumulative weight reaches half."""
+    order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
+    v = np.asarray(values, dtype=np.float64)[order]
+    cum = np.cumsum(np.asarray(weights, dtype=np.float64)[order])
+    return float(v[int(np.searchsorted(cum, 0.5 * cum[-1] - 1e-12))])
+
+
+def _consensus(cur: np.ndarray, kept_weight: np.ndarray, counts: Sequence[int],
+               weights: np.ndarray) -> np.ndarray:
+    """``cur`` reduced to the weighted-median client's neuron count, most-kept neurons first."""
+    n = max(1, min(int(cur.sum()), int(weighted_median(counts, weights))))
+    alive_idx = np.flatnonzero(cur)
+    # most weight first; equal weight: the lower index (a stable sort of the negated weights)
+    ranked = alive_idx[np.argsort(-kept_weight[alive_idx], kind="stable")]
+    out = np.zeros_like(cur)
+    out[ranked[:n]] = True
+    return out
+
+
 def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence[Mapping[str, np.ndarray]],
                        weights: Sequence[float], policy: str = "unanimous",
                        quorum: float = 0.5) -> dict[str, np.ndarray]:
@@ -61,7 +82,10 @@ def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence
 
     ``unanimous``: a neuron is pruned when every client pruned it (the union of the clients' masks:
     what HeteroFL's widest tier trains survives). ``quorum``: when clients holding at least
-    ``quorum`` of the examples' weight pruned it. ``keep``: never (the mask stays ``current``;
+    ``quorum`` of the examples' weight pruned it. ``consensus``: each group keeps as many neurons
+    as the example-weighted median client kept in it, the neurons that most weight kept (so every
+    client of the next round receives one sub-network of the size most of them train, instead of a
+    union that each of them prunes differently). ``keep``: never (the mask stays ``current``;
     FedRolex's rolling windows need every neuron). The result is a subset of ``current``; if a
     rule would empty a group, the alive neuron that most weight kept survives.
     """
@@ -76,6 +100,9 @@ def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence
         kept_weight = sum(wk * np.asarray(m[name], dtype=np.float64) for wk, m in zip(w, client_masks))
         if policy == "unanimous":
             alive = cur & (kept_weight > 0)
+        elif policy == "consensus":
+            counts = [int(np.count_nonzero(np.asarray(m[name]) & cur)) for m in client_masks]
+            alive = _consensus(cur, kept_weight, counts, w if w.sum() > 0 else np.ones_like(w))
         else:
             pruned_frac = 1.0 - kept_weight / total
             alive = cur & (pruned_frac < quorum - 1e-12)

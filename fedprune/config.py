@@ -195,12 +195,14 @@ class MemorySection:
 
 @dataclass
 class StrategySection:
-    mask_policy: str = "unanimous"  # unanimous: pruned when every client pruned it; quorum: by weight; keep: never
+    # unanimous: pruned when every client pruned it; quorum: by weight; consensus: the median client's
+    # count, most-kept neurons first; keep: never (fedprune.aggregation.update_global_mask)
+    mask_policy: str = "unanimous"
     quorum: float = 0.5
 
     def validate(self, p: str) -> None:
-        _check(self.mask_policy in ("unanimous", "quorum", "keep"), f"{p}mask-policy", self.mask_policy,
-               "expected 'unanimous', 'quorum' or 'keep'")
+        _check(self.mask_policy in ("unanimous", "quorum", "consensus", "keep"), f"{p}mask-policy",
+               self.mask_policy, "expected 'unanimous', 'quorum', 'consensus' or 'keep'")
         _check(0 < self.quorum <= 1, f"{p}quorum", self.quorum, "must be in (0, 1]")
 
 

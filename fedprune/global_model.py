@@ -26,12 +26,13 @@ from fedprune.surgery import MaskError, NeuronGraph, NeuronMask
 def effective_mask_policy(cfg: ExperimentConfig) -> str:
     """The global mask policy a run uses: ``strategy.mask-policy``, except ``keep`` when some client
     runs ``fedrolex`` (its rolling windows need every neuron); ``ValueError`` for fedrolex with
-    ``quorum``, which would prune neurons that later windows train."""
+    ``quorum`` or ``consensus``, which would prune neurons that later windows train."""
     methods = "+".join(cfg.methods.names) + "," + cfg.fleet.methods
     if "fedrolex" not in methods:
         return cfg.strategy.mask_policy
-    if cfg.strategy.mask_policy == "quorum":
-        raise ValueError("strategy.mask-policy = 'quorum' cannot run with fedrolex: its rolling windows "
+    if cfg.strategy.mask_policy in ("quorum", "consensus"):
+        raise ValueError(f"strategy.mask-policy = {cfg.strategy.mask_policy!r} cannot run with fedrolex: "
+                         "its rolling windows "
                          "need every neuron; use 'keep' (or 'unanimous', which becomes 'keep')")
     return "keep"
 

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(upper iid_tight_quorum iid_tight upper_dirichlet dirichlet_quorum dirichlet
-                                   iid_middle generous dirichlet_quorum_warmup dirichlet_quorum_warmup_85)
+                                   iid_middle generous dirichlet_quorum_warmup dirichlet_quorum_warmup_85
+                                   dirichlet_consensus_warmup iid_tight_consensus)
 status=0
 for part in "${parts[@]}"; do
   file="sim_configs/study_converged_${part}_sweep.toml"

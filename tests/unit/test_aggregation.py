@@ -87,3 +87,49 @@ def test_policy_is_monotone_and_never_empties_a_group():
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="mask policy"):
         update_global_mask({"g": np.array([True])}, [], [], "majority")
+
+
+def test_consensus_keeps_the_median_count_of_the_most_kept_neurons():
+    cur = {"g": np.array([True, True, True, True, True, False])}
+    masks = [{"g": np.array([True, True, False, False, False, False])},  # keeps 2
+             {"g": np.array([False, True, True, False, False, False])},  # keeps 2
+             {"g": np.array([True, True, True, True, True, False])}]   # keeps 5 (a bigger device)
+    out = update_global_mask(cur, masks, [1, 1, 1], "consensus")["g"]
+    # the median client kept 2: neuron 1 (kept by all), then neuron 0 or 2 (kept by two; the lower index)
+    np.testing.assert_array_equal(out, [True, True, False, False, False, False])
+    # weight moves the median: the bigger device holding most examples keeps 5 of the 5 alive
+    out = update_global_mask(cur, masks, [1, 1, 5], "consensus")["g"]
+    np.testing.assert_array_equal(out, cur["g"])
+
+
+def test_consensus_ranks_by_example_weight_not_by_count_of_clients():
+    cur = {"g": np.ones(3, dtype=bool)}
+    masks = [{"g": np.array([True, False, False])}, {"g": np.array([False, True, False])},
+             {"g": np.array([False, True, False])}]
+    out = update_global_mask(cur, masks, [10, 1, 1], "consensus")["g"]
+    np.testing.assert_array_equal(out, [True, False, False])
+
+
+def test_weighted_median_is_the_lower_median():
+    from fedprune.aggregation import weighted_median
+
+    assert weighted_median([3, 5], [1, 1]) == 3
+    assert weighted_median([5, 3, 4], [1, 1, 1]) == 4
+    assert weighted_median([3, 5], [1, 2]) == 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 12), st.randoms(use_true_random=False))
+def test_consensus_is_a_subset_of_the_median_size(n_clients, size, rnd):
+    rng = np.random.default_rng(rnd.randint(0, 2**31))
+    cur = rng.random(size) < 0.8
+    cur[rng.integers(size)] = True
+    masks = [{"g": rng.random(size) < rng.random()} for _ in range(n_clients)]
+    weights = [float(rng.integers(1, 100)) for _ in range(n_clients)]
+    out = update_global_mask({"g": cur}, masks, weights, "consensus")["g"]
+    assert not (out & ~cur).any()  # monotone
+    counts = sorted(int((m["g"] & cur).sum()) for m in masks)
+    assert max(1, counts[0]) <= out.sum() <= max(1, counts[-1])  # between the smallest and largest client
+    kept = sum(w * m["g"] for w, m in zip(weights, masks))
+    if out.sum() < cur.sum():  # nothing dropped was kept by more weight than something kept
+        assert kept[out].min() >= kept[cur & ~out].max()

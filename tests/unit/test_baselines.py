@@ -140,9 +140,10 @@ def test_fedrolex_window_rolls_each_round_and_global_mask_keeps_every_neuron(len
     assert gm.mask == graph.full_mask()
     changed = np.flatnonzero(np.any(gm.dense["conv1.weight"] != before, axis=(1, 2, 3)))
     assert list(changed) == [3, 4, 5, 6, 7]
-    with pytest.raises(ValueError, match="quorum"):
-        effective_mask_policy(config_from_dict({"methods": {"enabled": "fedrolex"},
-                                                "strategy": {"mask-policy": "quorum"}}))
+    for policy in ("quorum", "consensus"):
+        with pytest.raises(ValueError, match=policy):
+            effective_mask_policy(config_from_dict({"methods": {"enabled": "fedrolex"},
+                                                    "strategy": {"mask-policy": policy}}))
 
 
 def test_fedavg_drop_skips_when_dense_does_not_fit_and_never_shrinks_batch(lenet, data):

@@ -92,3 +92,12 @@ def test_lr_schedule_reaches_the_trainer():
     assert TrainConfig.from_section(cfg.train, cfg.run.seed).lr_warmup == 0.1
     with pytest.raises(ConfigError, match="train.lr-warmup = -0.5"):
         config_from_dict({"train": {"lr-warmup": -0.5}})
+
+
+def test_mask_policy_names_the_policies_it_accepts():
+    from fedprune.aggregation import MASK_POLICIES
+
+    for policy in MASK_POLICIES:
+        assert config_from_dict({"strategy": {"mask-policy": policy}}).strategy.mask_policy == policy
+    with pytest.raises(ConfigError, match="strategy.mask-policy = 'majority'.*consensus"):
+        config_from_dict({"strategy": {"mask-policy": "majority"}})

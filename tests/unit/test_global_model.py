@@ -49,6 +49,27 @@ def test_pruned_neuron_averaged_only_over_clients_that_kept_it(gm):
     assert gm.mask == full
 
 
+def test_consensus_sends_every_client_the_sub_network_most_weight_trained():
+    gm = GlobalModel(config_from_dict({"model": {"name": "lenet5"}, "strategy": {"mask-policy": "consensus"}}))
+    full = NeuronMask.full(gm.graph)
+    replies = []
+    for client, (lo, weight) in enumerate([(0, 100), (100, 300), (150, 300)]):  # fc1 rows [lo, lo+250)
+        sub = full.to_arrays()
+        sub["fc1"][:] = False
+        sub["fc1"][lo: lo + 250] = True
+        sub_mask = NeuronMask.from_arrays(gm.graph, sub)
+        compact = state_to_numpy(gm.graph.compact(gm.dense_model(), sub_mask).state_dict())
+        replies.append(ClientUpdate(str(client), perturbed(compact, client), sub, weight))
+    gm.aggregate(replies)
+    alive = gm.mask.to_arrays()["fc1"]
+    # every client kept 250 of fc1, so the global model keeps 250: by kept weight, rows 150..249
+    # (700), 250..349 (600), 100..149 (400); not 350..399 (300) or 0..99 (100). Unanimous keeps 400.
+    assert alive.sum() == 250
+    assert alive[100:350].all() and not alive[:100].any() and not alive[350:].any()
+    assert gm.mask.num_alive("conv2") == 50  # groups no client pruned stay whole
+    assert np.all(gm.dense["fc1.weight"][:100] == 0)
+
+
 def test_neuron_pruned_by_every_client_is_pruned_globally_and_zeroed(gm):
     arrays, mask = gm.payload()
     sub = NeuronMask.full(gm.graph).to_arrays()
