@@ -18,10 +18,25 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cycler import cycler
+
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9,
                          "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
-                         "legend.fontsize": 8})
+                         "legend.fontsize": 8, "axes.prop_cycle": cycler(color=series_colours(plt))})
     return plt
+
+
+def series_colours(plt) -> list:
+    """20 distinct colours, the ``tab10`` ones first, then ``tab20``'s light shades of them: a study
+    with more than ten methods does not give two of them one colour."""
+    tab20 = plt.get_cmap("tab20")
+    return [tab20(2 * i) for i in range(10)] + [tab20(2 * i + 1) for i in range(10)]
+
+
+def series_colour(plt, i: int):
+    """The colour of the ``i``-th series (the cycle of :func:`series_colours`)."""
+    colours = series_colours(plt)
+    return colours[i % len(colours)]
 
 
 def _int_rounds(axes: Any) -> None:

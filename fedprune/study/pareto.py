@@ -61,14 +61,14 @@ def fig_accuracy_vs_peak(records: Sequence[RunRecord], path: Path) -> bool:
     kinds = [(f, name) for f, _, name in PEAKS if any(r.get(f"{f}_mean") is not None for r in rows)]
     if not kinds:
         return False
-    from fedprune.study.figures import _plt
+    from fedprune.study.figures import _plt, series_colour
 
     plt = _plt()
     panels: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         panels[_panel(r["setting"])].append(r)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    colours = {m: series_colour(plt, i) for i, m in enumerate(methods)}
     budgets = sorted({r["budget_mb"] for r in rows})
     size = (max(7.0, 4.6 * len(panels) + 0.6), 3.6 * len(kinds) + 1)
     fig, axes = plt.subplots(len(kinds), len(panels), figsize=size, squeeze=False, sharey=True)
@@ -98,7 +98,7 @@ def fig_participation(records: Sequence[RunRecord], path: Path) -> bool:
     tiers = list(dict.fromkeys(k.split(":", 1)[1] for r in rows for k in r if k.startswith("participation:")))
     if not tiers:
         return False
-    from fedprune.study.figures import _bottom_legend, _plt
+    from fedprune.study.figures import _bottom_legend, _plt, series_colour
 
     plt = _plt()
     settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -111,7 +111,7 @@ def fig_participation(records: Sequence[RunRecord], path: Path) -> bool:
             if r is not None:
                 vals = [100 * (r.get(f"participation:{t}") or 0) for t in tiers]
                 ax.bar([j + i * width for j in range(len(tiers))], vals, width, label=m,
-                       color=plt.get_cmap("tab10")(i % 10))
+                       color=series_colour(plt, i))
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tiers))], tiers, rotation=30, fontsize=7)
         ax.set_title(setting, fontsize=8)
     axes[0][0].set_ylabel("client-rounds that trained (%)")

@@ -250,3 +250,16 @@ def test_goal_names_the_fedprune_configurations_that_meet_all_three_conditions()
                         "(± 0.20 over 2 seeds), 5.3x smaller")
     ranked[2]["smaller_mean"] = 4.9
     assert goal_check(ranked)[3].endswith("all three hold for none")
+
+
+def test_figures_give_up_to_twenty_series_distinct_colours():
+    """A study with more than ten methods (the converged study has eleven) must not draw two of them
+    in one colour; the default cycle of every report figure is the same twenty colours."""
+    from fedprune.study.figures import _plt, series_colour, series_colours
+
+    plt = _plt()
+    colours = [tuple(c) for c in series_colours(plt)]
+    assert len(set(colours)) == 20
+    assert [series_colour(plt, i) for i in range(20)] == series_colours(plt)
+    cycle = [tuple(plt.matplotlib.colors.to_rgba(c)) for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]]
+    assert cycle == colours
