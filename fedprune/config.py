@@ -201,8 +201,10 @@ class StrategySection:
     quorum: float = 0.5
 
     def validate(self, p: str) -> None:
-        _check(self.mask_policy in ("unanimous", "quorum", "consensus", "keep"), f"{p}mask-policy",
-               self.mask_policy, "expected 'unanimous', 'quorum', 'consensus' or 'keep'")
+        from fedprune.aggregation import MASK_POLICIES
+
+        _check(self.mask_policy in MASK_POLICIES, f"{p}mask-policy", self.mask_policy,
+               "expected one of " + ", ".join(repr(m) for m in MASK_POLICIES))
         _check(0 < self.quorum <= 1, f"{p}quorum", self.quorum, "must be in (0, 1]")
 
 

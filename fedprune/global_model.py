@@ -32,8 +32,8 @@ def effective_mask_policy(cfg: ExperimentConfig) -> str:
         return cfg.strategy.mask_policy
     if cfg.strategy.mask_policy in ("quorum", "consensus"):
         raise ValueError(f"strategy.mask-policy = {cfg.strategy.mask_policy!r} cannot run with fedrolex: "
-                         "its rolling windows "
-                         "need every neuron; use 'keep' (or 'unanimous', which becomes 'keep')")
+                         "its rolling windows need every neuron; use 'keep' (or 'unanimous', which "
+                         "becomes 'keep')")
     return "keep"
 
 
