@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 MASK_POLICIES = ("unanimous", "quorum", "consensus", "keep")
+#: The policies that can prune a neuron some client of the round kept (the others never do).
+PRUNES_KEPT_NEURONS = ("quorum", "consensus")
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,10 @@ def masked_mean(previous: Mapping[str, np.ndarray],
 
 def weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
     """The lower weighted median: the smallest value at which the cumulative weight reaches half."""
-    order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
-    v = np.asarray(values, dtype=np.float64)[order]
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
     cum = np.cumsum(np.asarray(weights, dtype=np.float64)[order])
-    return float(v[int(np.searchsorted(cum, 0.5 * cum[-1] - 1e-12))])
+    return float(v[order][int(np.searchsorted(cum, 0.5 * cum[-1] - 1e-12))])
 
 
 def _consensus(cur: np.ndarray, kept_weight: np.ndarray, counts: Sequence[int],
@@ -95,6 +97,7 @@ def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence
         return {k: v.copy() for k, v in current.items()}
     w = np.asarray(weights, dtype=np.float64)
     total = w.sum() if w.sum() > 0 else 1.0
+    median_weights = w if w.sum() > 0 else np.ones_like(w)
     out: dict[str, np.ndarray] = {}
     for name, cur in current.items():
         kept_weight = sum(wk * np.asarray(m[name], dtype=np.float64) for wk, m in zip(w, client_masks))
@@ -102,7 +105,7 @@ def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence
             alive = cur & (kept_weight > 0)
         elif policy == "consensus":
             counts = [int(np.count_nonzero(np.asarray(m[name]) & cur)) for m in client_masks]
-            alive = _consensus(cur, kept_weight, counts, w if w.sum() > 0 else np.ones_like(w))
+            alive = _consensus(cur, kept_weight, counts, median_weights)
         else:
             pruned_frac = 1.0 - kept_weight / total
             alive = cur & (pruned_frac < quorum - 1e-12)

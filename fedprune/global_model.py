@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedprune.aggregation import MaskedUpdate, masked_mean, update_global_mask
+from fedprune.aggregation import PRUNES_KEPT_NEURONS, MaskedUpdate, masked_mean, update_global_mask
 from fedprune.config import ExperimentConfig
 from fedprune.data import dataset_info
 from fedprune.models import build_model, example_input
@@ -25,12 +25,13 @@ from fedprune.surgery import MaskError, NeuronGraph, NeuronMask
 
 def effective_mask_policy(cfg: ExperimentConfig) -> str:
     """The global mask policy a run uses: ``strategy.mask-policy``, except ``keep`` when some client
-    runs ``fedrolex`` (its rolling windows need every neuron); ``ValueError`` for fedrolex with
-    ``quorum`` or ``consensus``, which would prune neurons that later windows train."""
+    runs ``fedrolex`` (its rolling windows need every neuron); ``ValueError`` for fedrolex with a
+    policy that prunes neurons some client kept (``PRUNES_KEPT_NEURONS``), which would prune
+    neurons that later windows train."""
     methods = "+".join(cfg.methods.names) + "," + cfg.fleet.methods
     if "fedrolex" not in methods:
         return cfg.strategy.mask_policy
-    if cfg.strategy.mask_policy in ("quorum", "consensus"):
+    if cfg.strategy.mask_policy in PRUNES_KEPT_NEURONS:
         raise ValueError(f"strategy.mask-policy = {cfg.strategy.mask_policy!r} cannot run with fedrolex: "
                          "its rolling windows need every neuron; use 'keep' (or 'unanimous', which "
                          "becomes 'keep')")

@@ -139,14 +139,13 @@ def fig_accuracy_vs_params(records: Sequence[RunRecord], path: Path) -> bool:
     budgets = sorted({round(b, 6) for b in (run_budget_mb(r) for r in done) if b is not None})
     markers = "osD^vP*Xh<>"
     series = [s for s in _series(records) if any(_series_label(r, records) == s for r in done)]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, label in enumerate(series):
         for r in (r for r in done if _series_label(r, records) == label):
             b = run_budget_mb(r)
             m = markers[budgets.index(round(b, 6)) % len(markers)] if b is not None and budgets else "o"
             ax.scatter(r.summary["final_params"], 100 * r.summary["final_accuracy"], marker=m,
-                       color=colors[i % len(colors)], s=36, alpha=0.85, edgecolors="none")
-        ax.scatter([], [], color=colors[i % len(colors)], marker="o", label=label)
+                       color=series_colour(plt, i), s=36, alpha=0.85, edgecolors="none")
+        ax.scatter([], [], color=series_colour(plt, i), marker="o", label=label)
     for j, b in enumerate(budgets if len(budgets) > 1 else []):
         ax.scatter([], [], color="gray", marker=markers[j % len(markers)], label=f"budget {b:.3g} MB")
     dense = num(done[0].summary.get("dense_params"))
