@@ -96,8 +96,9 @@ def update_global_mask(current: Mapping[str, np.ndarray], client_masks: Sequence
     if not client_masks or policy == "keep":
         return {k: v.copy() for k, v in current.items()}
     w = np.asarray(weights, dtype=np.float64)
-    total = w.sum() if w.sum() > 0 else 1.0
-    median_weights = w if w.sum() > 0 else np.ones_like(w)
+    w_sum = float(w.sum())
+    total = w_sum if w_sum > 0 else 1.0
+    median_weights = w if w_sum > 0 else np.ones_like(w)
     out: dict[str, np.ndarray] = {}
     for name, cur in current.items():
         kept_weight = sum(wk * np.asarray(m[name], dtype=np.float64) for wk, m in zip(w, client_masks))

@@ -18,11 +18,9 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cycler import cycler
-
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9,
                          "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
-                         "legend.fontsize": 8, "axes.prop_cycle": cycler(color=series_colours(plt))})
+                         "legend.fontsize": 8, "axes.prop_cycle": plt.cycler(color=series_colours(plt))})
     return plt
 
 
@@ -140,12 +138,13 @@ def fig_accuracy_vs_params(records: Sequence[RunRecord], path: Path) -> bool:
     markers = "osD^vP*Xh<>"
     series = [s for s in _series(records) if any(_series_label(r, records) == s for r in done)]
     for i, label in enumerate(series):
+        colour = series_colour(plt, i)
         for r in (r for r in done if _series_label(r, records) == label):
             b = run_budget_mb(r)
             m = markers[budgets.index(round(b, 6)) % len(markers)] if b is not None and budgets else "o"
             ax.scatter(r.summary["final_params"], 100 * r.summary["final_accuracy"], marker=m,
-                       color=series_colour(plt, i), s=36, alpha=0.85, edgecolors="none")
-        ax.scatter([], [], color=series_colour(plt, i), marker="o", label=label)
+                       color=colour, s=36, alpha=0.85, edgecolors="none")
+        ax.scatter([], [], color=colour, marker="o", label=label)
     for j, b in enumerate(budgets if len(budgets) > 1 else []):
         ax.scatter([], [], color="gray", marker=markers[j % len(markers)], label=f"budget {b:.3g} MB")
     dense = num(done[0].summary.get("dense_params"))

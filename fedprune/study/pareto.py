@@ -103,6 +103,7 @@ def fig_participation(records: Sequence[RunRecord], path: Path) -> bool:
     plt = _plt()
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = [series_colour(plt, i) for i in range(len(methods))]
     fig, axes = plt.subplots(1, len(settings), figsize=(3.4 * len(settings) + 1, 3.6), squeeze=False, sharey=True)
     width = 0.8 / max(1, len(methods))
     for ax, setting in zip(axes[0], settings):
@@ -111,7 +112,7 @@ def fig_participation(records: Sequence[RunRecord], path: Path) -> bool:
             if r is not None:
                 vals = [100 * (r.get(f"participation:{t}") or 0) for t in tiers]
                 ax.bar([j + i * width for j in range(len(tiers))], vals, width, label=m,
-                       color=series_colour(plt, i))
+                       color=colours[i])
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tiers))], tiers, rotation=30, fontsize=7)
         ax.set_title(setting, fontsize=8)
     axes[0][0].set_ylabel("client-rounds that trained (%)")
